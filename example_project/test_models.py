@@ -1,0 +1,35 @@
+"""Budget tests of the example project. Run: pytest example_project --model-budget"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from example_project.models import SimpleModel, TinyGPT
+
+
+@pytest.mark.model_budget(max_macs="2M", max_params="1.5M")
+def test_simple_model(model_budget):
+    model_budget(SimpleModel(), torch.randn(1, 1, 28, 28))
+
+
+@pytest.mark.model_budget(max_macs="2G", max_params="12M", max_size="50 MB")
+def test_resnet18(model_budget):
+    model = torchvision.models.resnet18(weights=None).eval()
+    model_budget(model, torch.randn(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize("seq_len", [128, 512])
+@pytest.mark.model_budget(max_params="1M", tolerance="2%")
+def test_tiny_gpt(model_budget, seq_len):
+    tokens = torch.randint(0, 1000, (1, seq_len))
+    model_budget(TinyGPT().eval(), tokens)
+
+
+# No limits in code: this test's limits live under `limits:` in budgets.yaml.
+@pytest.mark.model_budget
+def test_mobilenet_batch_sizes(model_budget):
+    model = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    model_budget(model, torch.randn(1, 3, 224, 224), name="batch1")
+    model_budget(model, torch.randn(8, 3, 224, 224), name="batch8")

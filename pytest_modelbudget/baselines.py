@@ -1,0 +1,310 @@
+"""budgets.yaml: load, validate, merge and write the baseline file.
+
+The file is the product's memory, so it is handled defensively:
+
+* loaded with a safe loader that also rejects duplicate keys;
+* validated, with errors that name the file, the entry and the problem;
+* rendered deterministically (same data, same bytes) so reviews see real changes only;
+* updated under a lock on its directory (read, merge, write), so two processes
+  updating different tests both keep their entries;
+* written atomically (temporary file in the same directory, fsync, rename), so a
+  killed run leaves the old file or the new one, never half of one;
+* left untouched on disk when an update changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .budgets import KEYWORDS, RATCHETED, Budget, parse_budget
+from .errors import BaselineFileError, BudgetSpecError
+
+FORMAT_VERSION = 1
+ROOT_MODULE = "(root)"  # how the model's own ops and params appear in `modules:`
+
+HEADER = """\
+# Model budget baselines, written by pytest-modelbudget.
+# Regenerate with: pytest --model-budget --update-budgets
+# Review the diff like any snapshot before committing it. Entries are keyed by test id
+# (plus '#name' for named calls). Hand-written `limits:` are never changed by updates.
+"""
+
+_ENTRY_KEYS = ("convention", *RATCHETED, "modules", "limits")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The stored baseline of one measured call, plus any hand-written limits."""
+
+    metrics: Mapping[str, int] = field(default_factory=dict)
+    modules: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    convention: str | None = None
+    limits: Mapping[str, Any] = field(default_factory=dict)  # as written, for round-trips
+
+    @property
+    def budget(self) -> Budget | None:
+        """The hand-written limits as a Budget (validated at load time)."""
+        return parse_budget(self.limits) if self.limits else None
+
+
+@dataclass
+class BaselineFile:
+    path: Path
+    entries: dict[str, Entry]
+    exists: bool
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+    return mapping
+
+
+_StrictSafeLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def load(path: Path) -> BaselineFile:
+    """Read and validate ``path``; a missing file is an empty baseline."""
+    if path.is_dir():
+        raise BaselineFileError(str(path), "is a directory; point --budgets-file at a file")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise BaselineFileError(
+                str(path), f"its directory {str(path.parent)!r} does not exist"
+            )
+        return BaselineFile(path, {}, exists=False)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise BaselineFileError(str(path), f"cannot be read ({error.strerror})") from None
+    return BaselineFile(path, parse(raw, str(path)), exists=True)
+
+
+def parse(raw: bytes, where: str) -> dict[str, Entry]:
+    """Bytes of a budgets.yaml -> validated entries."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BaselineFileError(where, f"is not UTF-8 text (byte {error.start})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.constructor.ConstructorError as error:
+        problem = error.problem or str(error)
+        if "could not determine a constructor" in problem:
+            problem = "contains a tag that a safe loader refuses (" + problem.split("for the tag")[-1].strip() + ")"
+        line = f" (line {error.problem_mark.line + 1})" if error.problem_mark else ""
+        raise BaselineFileError(where, f"{problem}{line}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise BaselineFileError(where, f"is not valid YAML: {problem}{line}") from None
+    return _validate(data, where)
+
+
+def _validate(data: Any, where: str) -> dict[str, Entry]:
+    if data is None:
+        raise BaselineFileError(
+            where, "is empty; delete it or run pytest --model-budget --update-budgets to create it"
+        )
+    if not isinstance(data, dict):
+        raise BaselineFileError(
+            where, f"must be a mapping with 'version' and 'entries', not a {type(data).__name__}"
+        )
+    unknown = sorted(set(map(str, data)) - {"version", "entries"})
+    if unknown:
+        raise BaselineFileError(where, f"unknown top-level key(s) {unknown}; expected 'version' and 'entries'")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BaselineFileError(where, f"'version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise BaselineFileError(
+            where,
+            f"has version {version}, but this pytest-modelbudget understands up to "
+            f"{FORMAT_VERSION}; upgrade pytest-modelbudget",
+        )
+    if version < 1:
+        raise BaselineFileError(where, f"'version' must be 1 or more, got {version}")
+    entries = data.get("entries") or {}
+    if not isinstance(entries, dict):
+        raise BaselineFileError(where, f"'entries' must be a mapping, not a {type(entries).__name__}")
+    return {str(key): _validate_entry(value, where, str(key)) for key, value in entries.items()}
+
+
+def _count(value: Any, where: str, entry: str, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BaselineFileError(where, f"{what} must be a number, got {value!r}", entry)
+    if not math.isfinite(value) or value < 0:
+        raise BaselineFileError(where, f"{what} must be a finite number >= 0, got {value!r}", entry)
+    if value != int(value):
+        raise BaselineFileError(where, f"{what} must be a whole number, got {value!r}", entry)
+    return int(value)
+
+
+def _validate_entry(value: Any, where: str, key: str) -> Entry:
+    if not isinstance(value, dict):
+        raise BaselineFileError(where, f"must be a mapping, not {value!r}", key)
+    unknown = sorted(set(map(str, value)) - set(_ENTRY_KEYS))
+    if unknown:
+        raise BaselineFileError(
+            where, f"unknown key(s) {unknown}; an entry may hold {list(_ENTRY_KEYS)}", key
+        )
+    metrics = {m: _count(value[m], where, key, m) for m in RATCHETED if m in value}
+    modules_raw = value.get("modules") or {}
+    if not isinstance(modules_raw, dict):
+        raise BaselineFileError(where, "'modules' must be a mapping of module path to counts", key)
+    modules: dict[str, dict[str, int]] = {}
+    for path, stats in modules_raw.items():
+        if not isinstance(stats, dict) or not set(stats) <= {"macs", "params"}:
+            raise BaselineFileError(
+                where, f"modules.{path} must be a mapping with 'macs' and/or 'params'", key
+            )
+        modules[str(path)] = {k: _count(v, where, key, f"modules.{path}.{k}") for k, v in stats.items()}
+    convention = value.get("convention")
+    if convention is not None and not isinstance(convention, str):
+        raise BaselineFileError(where, f"'convention' must be a string, got {convention!r}", key)
+    limits = value.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise BaselineFileError(
+            where, f"'limits' must be a mapping of marker keywords ({', '.join(KEYWORDS)})", key
+        )
+    try:
+        parse_budget(limits)
+    except BudgetSpecError as error:
+        raise BaselineFileError(where, f"limits: {error}", key) from None
+    return Entry(metrics, modules, convention, dict(limits))
+
+
+def render(entries: Mapping[str, Entry]) -> str:
+    """Entries -> file text. Deterministic: sorted keys, fixed field order, block style."""
+    document: dict[str, Any] = {"version": FORMAT_VERSION, "entries": {}}
+    for key in sorted(entries):
+        entry = entries[key]
+        body: dict[str, Any] = {}
+        if entry.convention:
+            body["convention"] = entry.convention
+        for metric in RATCHETED:
+            if metric in entry.metrics:
+                body[metric] = int(entry.metrics[metric])
+        if entry.modules:
+            body["modules"] = {
+                path: {k: int(v) for k, v in sorted(stats.items())}
+                for path, stats in sorted(entry.modules.items(), key=lambda item: _natural(item[0]))
+            }
+        if entry.limits:
+            body["limits"] = dict(entry.limits)
+        document["entries"][key] = body
+    if not document["entries"]:
+        document["entries"] = {}
+    text = yaml.safe_dump(
+        document, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000
+    )
+    return HEADER + text
+
+
+def _natural(path: str) -> list[tuple[int, int | str]]:
+    # "features.2" before "features.10", as the model's layers are numbered.
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split(".")]
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the file's directory, shared by every process updating it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; writes stay atomic
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+    with _suppress_oserror():
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@contextmanager
+def _suppress_oserror() -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        pass
+
+
+def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = frozenset()) -> bool:
+    """Merge measured entries into the file (and drop ``remove``); True if it changed.
+
+    Runs read-merge-write under the directory lock so concurrent updaters of different
+    tests both keep their entries. Hand-written limits already in the file win over the
+    (empty) limits of a fresh measurement.
+    """
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BaselineFileError(str(path), "is read-only; make it writable to update baselines")
+    if not path.parent.is_dir():
+        raise BaselineFileError(str(path), f"its directory {str(path.parent)!r} does not exist")
+    with _locked(path.parent):
+        current = load(path)
+        merged = dict(current.entries)
+        for key in remove:
+            entry = merged.pop(key, None)
+            if entry is not None and entry.limits:
+                # Hand-written limits outlive the measurement: keep them.
+                merged[key] = Entry(limits=entry.limits)
+        for key, entry in measured.items():
+            old = merged.get(key)
+            merged[key] = Entry(entry.metrics, entry.modules, entry.convention, old.limits if old else entry.limits)
+        text = render(merged)
+        if current.exists and path.read_bytes() == text.encode("utf-8"):
+            return False
+        try:
+            _write_atomically(path, text)
+        except OSError as error:
+            raise BaselineFileError(str(path), f"cannot be written ({error.strerror})") from None
+    return True

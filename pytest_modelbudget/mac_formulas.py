@@ -1,0 +1,313 @@
+"""The MAC convention: which ATen ops multiply-accumulate, and how many times.
+
+This module is the single place where the convention lives. A MAC is one
+multiply-accumulate of a convolution, a linear/matmul-family op or attention,
+counted on the op's shapes at the ATen dispatch level:
+
+* convolution: ``numel(output) * (C_in / groups) * prod(kernel)``; transposed
+  convolutions swap the roles of input and output;
+* ``mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``dot``: the product of the
+  dimensions (bias additions are not MACs);
+* attention kernels: ``Q @ K^T`` plus ``P @ V`` at full (dense) size, whatever the
+  mask or ``is_causal`` -- the math backend and the meta device compute it that way, so
+  every backend gets the same count;
+* fused kernels (``_native_multi_head_attention``, ``_transformer_encoder_layer_fwd``,
+  ``mkldnn_rnn_layer``, ``_cudnn_rnn``) count exactly the matmuls their unfused
+  decomposition would.
+
+Everything else is either known to do no MACs (pointwise, normalisation, pooling,
+reductions, data movement -- :func:`is_mac_free`) or *uncounted*: listed in the
+measurement so nobody mistakes "no formula" for "no work".
+
+This is the convention behind torchvision's published ``weights.meta["_ops"]``; FLOPs
+are ``2 * MACs``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+aten = torch.ops.aten
+
+# Bumped whenever a formula changes, so a baseline written by an older counter is
+# recognisable in budgets.yaml.
+CONVENTION = "aten-macs/1"
+
+Formula = Callable[..., int]
+_FORMULAS: dict[Any, Formula] = {}
+
+
+def _register(*packets: Any) -> Callable[[Formula], Formula]:
+    def wrap(formula: Formula) -> Formula:
+        for packet in packets:
+            _FORMULAS[packet] = formula
+        return formula
+
+    return wrap
+
+
+def _prod(values: Sequence[int]) -> int:
+    return math.prod(int(v) for v in values)
+
+
+@_register(aten.mm, aten._int_mm)
+def _mm(a: torch.Tensor, b: torch.Tensor, *_: Any, **__: Any) -> int:
+    return int(a.shape[0]) * int(a.shape[1]) * int(b.shape[1])
+
+
+@_register(aten.addmm, aten._addmm_activation)
+def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *_: Any, **__: Any) -> int:
+    return _mm(a, b)
+
+
+@_register(aten.bmm)
+def _bmm(a: torch.Tensor, b: torch.Tensor, *_: Any, **__: Any) -> int:
+    return int(a.shape[0]) * int(a.shape[1]) * int(a.shape[2]) * int(b.shape[2])
+
+
+@_register(aten.baddbmm, aten.addbmm)
+def _baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *_: Any, **__: Any) -> int:
+    return _bmm(a, b)
+
+
+@_register(aten.mv)
+def _mv(a: torch.Tensor, v: torch.Tensor, *_: Any, **__: Any) -> int:
+    return int(a.shape[0]) * int(a.shape[1])
+
+
+@_register(aten.addmv)
+def _addmv(bias: torch.Tensor, a: torch.Tensor, v: torch.Tensor, *_: Any, **__: Any) -> int:
+    return _mv(a, v)
+
+
+@_register(aten.dot, aten.vdot)
+def _dot(a: torch.Tensor, b: torch.Tensor, *_: Any, **__: Any) -> int:
+    return int(a.shape[0])
+
+
+@_register(aten.linear)
+def _linear(x: torch.Tensor, weight: torch.Tensor, *_: Any, **__: Any) -> int:
+    # Usually decomposed into t + addmm before dispatch reaches us; kept for backends
+    # that keep it whole.
+    return (x.numel() // int(x.shape[-1])) * weight.numel()
+
+
+def _conv_macs(
+    x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, transposed: bool
+) -> int:
+    # weight is [C_out, C_in/groups, *k] (or [C_in, C_out/groups, *k] when transposed),
+    # so prod(weight.shape[1:]) is the work per output (per input when transposed).
+    per_element = _prod(weight.shape[1:])
+    return (x.numel() if transposed else out.numel()) * per_element
+
+
+@_register(aten.convolution, aten._convolution, aten.convolution_overrideable)
+def _convolution(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    transposed: bool,
+    *_: Any,
+    out: torch.Tensor,
+    **__: Any,
+) -> int:
+    return _conv_macs(x, weight, out, bool(transposed))
+
+
+@_register(
+    aten.cudnn_convolution,
+    aten.mkldnn_convolution,
+    aten.miopen_convolution,
+    aten._slow_conv2d_forward,
+    aten.thnn_conv2d,
+    aten.slow_conv3d,
+    aten.slow_conv_dilated2d,
+    aten.slow_conv_dilated3d,
+    aten._nnpack_spatial_convolution,
+)
+def _direct_convolution(
+    x: torch.Tensor, weight: torch.Tensor, *_: Any, out: torch.Tensor, **__: Any
+) -> int:
+    return _conv_macs(x, weight, out, transposed=False)
+
+
+@_register(
+    aten.cudnn_convolution_transpose,
+    aten.miopen_convolution_transpose,
+    aten.slow_conv_transpose2d,
+    aten.slow_conv_transpose3d,
+)
+def _direct_transposed_convolution(
+    x: torch.Tensor, weight: torch.Tensor, *_: Any, out: torch.Tensor, **__: Any
+) -> int:
+    return _conv_macs(x, weight, out, transposed=True)
+
+
+def _attention(
+    batch_heads: int, q_len: int, kv_len: int, qk_dim: int, v_dim: int
+) -> int:
+    # Q @ K^T then P @ V, dense.
+    return batch_heads * q_len * kv_len * (qk_dim + v_dim)
+
+
+@_register(
+    aten._scaled_dot_product_flash_attention,
+    aten._scaled_dot_product_flash_attention_for_cpu,
+    aten._scaled_dot_product_efficient_attention,
+    aten._scaled_dot_product_cudnn_attention,
+    aten._scaled_dot_product_fused_attention_overrideable,
+)
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_: Any, **__: Any) -> int:
+    # Layout [..., heads, seq, dim]; with GQA, K/V have fewer heads than Q but every
+    # query head still attends over the full key length.
+    batch_heads = q.numel() // (int(q.shape[-2]) * int(q.shape[-1]))
+    return _attention(
+        batch_heads, int(q.shape[-2]), int(k.shape[-2]), int(q.shape[-1]), int(v.shape[-1])
+    )
+
+
+@_register(aten._flash_attention_forward, aten._efficient_attention_forward)
+def _attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_: Any, **__: Any
+) -> int:
+    # These low-level kernels take [batch, seq, heads, dim].
+    batch, q_len, heads, qk_dim = (int(s) for s in q.shape)
+    return _attention(batch * heads, q_len, int(k.shape[1]), qk_dim, int(v.shape[-1]))
+
+
+@_register(aten._native_multi_head_attention)
+def _native_mha(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    embed_dim: int,
+    num_heads: int,
+    qkv_weight: torch.Tensor,
+    *_: Any,
+    **__: Any,
+) -> int:
+    # nn.MultiheadAttention's inference fast path: in-projection, attention, out-projection.
+    tokens_q = query.numel() // int(query.shape[-1])
+    tokens_k = key.numel() // int(key.shape[-1])
+    tokens_v = value.numel() // int(value.shape[-1])
+    e = int(embed_dim)
+    projections = (tokens_q + tokens_k + tokens_v) * e * e + tokens_q * e * e
+    batch = tokens_q // int(query.shape[-2])
+    attention = _attention(batch, int(query.shape[-2]), int(key.shape[-2]), e, e)
+    return projections + attention
+
+
+@_register(aten._transformer_encoder_layer_fwd)
+def _encoder_layer(
+    src: torch.Tensor,
+    embed_dim: int,
+    num_heads: int,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor,
+    proj_weight: torch.Tensor,
+    proj_bias: torch.Tensor,
+    use_gelu: bool,
+    norm_first: bool,
+    eps: float,
+    norm_weight_1: torch.Tensor,
+    norm_bias_1: torch.Tensor,
+    norm_weight_2: torch.Tensor,
+    norm_bias_2: torch.Tensor,
+    ffn_weight_1: torch.Tensor,
+    *_: Any,
+    **__: Any,
+) -> int:
+    # nn.TransformerEncoderLayer's fast path: self-attention block plus a two-layer MLP.
+    tokens = src.numel() // int(src.shape[-1])
+    e = int(embed_dim)
+    seq = int(src.shape[-2])
+    attention = 4 * tokens * e * e + _attention(tokens // seq, seq, seq, e, e)
+    feedforward = 2 * tokens * e * int(ffn_weight_1.shape[0])
+    return attention + feedforward
+
+
+def _rnn_macs(tokens: int, weights: Sequence[Any]) -> int:
+    # Each 2-D weight (input-hidden, hidden-hidden, projection) is applied once per
+    # token and direction; biases are additions, not MACs.
+    return tokens * sum(
+        w.numel() for w in weights if isinstance(w, torch.Tensor) and w.dim() == 2
+    )
+
+
+@_register(aten.mkldnn_rnn_layer)
+def _mkldnn_rnn_layer(
+    x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, *_: Any, **__: Any
+) -> int:
+    return _rnn_macs(x.numel() // int(x.shape[-1]), [w_ih, w_hh])
+
+
+@_register(aten._cudnn_rnn, aten.miopen_rnn)
+def _cudnn_rnn(x: torch.Tensor, weights: Sequence[Any], *_: Any, **__: Any) -> int:
+    return _rnn_macs(x.numel() // int(x.shape[-1]), weights)
+
+
+def mac_formula(func: Any) -> Formula | None:
+    """The formula for an ATen overload (``aten.mm.default``), or None."""
+    return _FORMULAS.get(func.overloadpacket)
+
+
+# Ops that do arithmetic the convention does not count as MACs (normalisation,
+# pooling, reductions, softmax) or move data without arithmetic. Pointwise and view
+# ops are recognised from their ATen tags and need not be listed.
+_MAC_FREE_NAMES = frozenset(
+    """
+    native_batch_norm _native_batch_norm_legit _native_batch_norm_legit_no_training
+    _native_batch_norm_legit_functional batch_norm cudnn_batch_norm miopen_batch_norm
+    native_layer_norm native_group_norm _fused_rms_norm rms_norm layer_norm group_norm
+    instance_norm _batch_norm_with_update _batch_norm_no_update
+    max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices
+    avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
+    adaptive_avg_pool3d _adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool1d
+    adaptive_max_pool2d adaptive_max_pool3d mkldnn_max_pool2d mkldnn_adaptive_avg_pool2d
+    upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_bilinear2d
+    upsample_bicubic2d upsample_linear1d upsample_trilinear3d _upsample_bilinear2d_aa
+    _upsample_nearest_exact2d grid_sampler_2d grid_sampler_3d
+    sum mean prod amax amin max min argmax argmin var var_mean std std_mean norm
+    linalg_vector_norm logsumexp any all cumsum cumprod
+    softmax _softmax log_softmax _log_softmax _safe_softmax
+    native_dropout dropout bernoulli bernoulli_ rand randn rand_like randn_like
+    randint randperm normal normal_ uniform_ multinomial
+    empty empty_like empty_strided new_empty new_empty_strided zeros zeros_like ones
+    ones_like full full_like new_zeros new_ones new_full arange linspace scalar_tensor
+    eye tril triu tril_ triu_ fill_ zero_ resize_ set_
+    cat stack clone copy_ _to_copy to contiguous _copy_from _copy_from_and_resize
+    lift_fresh lift_fresh_copy detach alias _local_scalar_dense item
+    index index_put index_put_ _index_put_impl_ index_select index_add index_copy
+    gather scatter scatter_add scatter_reduce masked_fill masked_fill_ masked_scatter
+    masked_select where constant_pad_nd reflection_pad1d reflection_pad2d
+    reflection_pad3d replication_pad1d replication_pad2d replication_pad3d pad
+    repeat repeat_interleave flip roll rot90 embedding embedding_dense_backward
+    _embedding_bag topk sort argsort nonzero unique _unique2 searchsorted bucketize
+    slice_scatter select_scatter diagonal_scatter as_strided_scatter
+    one_hot _pad_packed_sequence _pack_padded_sequence split_with_sizes_copy
+    _fused_sdp_choice _assert_async _assert_scalar sym_constrain_range_for_size
+    _unsafe_index _unsafe_index_put isnan isinf clamp clamp_min clamp_max
+    _to_dense _nested_tensor_from_mask _nested_tensor_from_tensor_list
+    pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle im2col col2im
+    _unsafe_view view_copy _reshape_alias reshape expand_copy permute_copy t_copy
+    hardswish hardswish_ gelu_ glu prelu _prelu_kernel log_sigmoid_forward
+    rrelu_with_noise rrelu_with_noise_ _conj _neg_view
+    """.split()
+)
+
+
+def is_mac_free(func: Any) -> bool:
+    """True for ops known to do no multiply-accumulates under this convention."""
+    if func.is_view:
+        return True
+    tags = func.tags
+    if torch.Tag.pointwise in tags or torch.Tag.view_copy in tags:
+        return True
+    return func.overloadpacket.__name__ in _MAC_FREE_NAMES

@@ -1,0 +1,465 @@
+"""The pytest layer: options, the marker, the fixture, hooks and the xdist hand-off.
+
+This is the only module that imports pytest. It must not import torch: pytest imports
+every installed plugin on every run, so torch is imported only when a model is first
+measured (inside :class:`ModelBudget`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import baselines, budgets, report
+from .errors import BaselineFileError, BudgetSpecError, MeasurementError
+from .results import NAME_SEPARATOR, CallResult, Measurement, belongs_to, entry_key, shallow_modules
+
+if TYPE_CHECKING:
+    from .counting import Counts
+
+MARKER = "model_budget"
+MODULE_DEPTH = 2  # levels of the module tree kept in budgets.yaml for failure messages
+_WORKER_OUTPUT_KEY = "modelbudget"
+_WORKER_INPUT_KEY = "modelbudget_baselines"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Command-line and ini options, resolved once per run."""
+
+    enabled: bool
+    update: bool
+    budgets_file: Path
+    strict: bool
+
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+SESSION_KEY = pytest.StashKey["BudgetSession"]()
+BUDGET_KEY = pytest.StashKey[budgets.Budget]()
+CALLS_KEY = pytest.StashKey[list[str]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("model-budget", "model budgets (pytest-modelbudget)")
+    group.addoption(
+        "--model-budget",
+        action="store_true",
+        default=None,
+        help="measure models in tests marked model_budget and fail those over budget",
+    )
+    group.addoption(
+        "--update-budgets",
+        action="store_true",
+        default=False,
+        help="write measured values as the new baselines in the budgets file (implies --model-budget)",
+    )
+    group.addoption(
+        "--budgets-file",
+        default=None,
+        metavar="PATH",
+        help="baseline file to read and update (default: budgets.yaml in the rootdir)",
+    )
+    group.addoption(
+        "--budget-strict",
+        action="store_true",
+        default=None,
+        help="fail budgeted calls that have no baseline or that run ops the counter cannot count",
+    )
+    parser.addini("model_budget", "measure and enforce model budgets on every run", type="bool", default=False)
+    parser.addini("budgets_file", "baseline file, relative to the rootdir", default="budgets.yaml")
+    parser.addini("budget_strict", "as --budget-strict", type="bool", default=False)
+
+
+def _resolve_settings(config: pytest.Config) -> Settings:
+    update = bool(config.getoption("update_budgets"))
+    enabled = update or bool(_option_or_ini(config, "model_budget"))
+    cli_path = config.getoption("budgets_file")
+    if cli_path:
+        path = Path(cli_path)
+        path = path if path.is_absolute() else Path(config.invocation_params.dir) / path
+    else:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        path = base / str(config.getini("budgets_file"))
+    return Settings(
+        enabled=enabled,
+        update=update,
+        budgets_file=path,
+        strict=bool(_option_or_ini(config, "budget_strict")),
+    )
+
+
+def _option_or_ini(config: pytest.Config, name: str) -> object:
+    value = config.getoption(name)
+    return config.getini(name) if value is None else value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(max_macs=, max_flops=, max_params=, max_size=, max_memory_traffic=, tolerance=): "
+        "budget for the models this test measures with the model_budget fixture "
+        "(numbers or strings like '4.1G', '25M', '1.5 GB'); enforced with --model-budget",
+    )
+    settings = _resolve_settings(config)
+    config.stash[SETTINGS_KEY] = settings
+    if not settings.enabled:
+        return
+    session = BudgetSession(config, settings)
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(session, "modelbudget-session")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistController(session), "modelbudget-xdist")
+
+
+class BudgetSession:
+    """State of one enabled run: the baselines read, the results measured, the summary."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.is_worker = hasattr(config, "workerinput")
+        self.results: list[CallResult] = []
+        self.collected: set[str] = set()
+        self.scope: list[str] | None = None  # path prefixes this run saw in full
+        self.worker_scopes: list[list[str] | None] = []  # under xdist, as each worker saw it
+        self.deselected = 0
+        self.crashed_workers: list[str] = []
+        self.update_summary: report.UpdateSummary | None = None
+        self.baseline_text = self._read_baselines()
+        try:
+            self.entries = baselines.parse(self.baseline_text.encode(), self.display_path) if self.baseline_text else {}
+        except BaselineFileError as error:
+            raise pytest.UsageError(f"pytest-modelbudget: {error}") from None
+
+    @property
+    def display_path(self) -> str:
+        path = self.settings.budgets_file
+        try:
+            return str(path.relative_to(self.config.rootpath))
+        except ValueError:
+            return str(path)
+
+    def _read_baselines(self) -> str:
+        # Workers get the file's text from the controller, which may be another host.
+        if self.is_worker:
+            return str(self.config.workerinput.get(_WORKER_INPUT_KEY, ""))  # type: ignore[attr-defined]
+        try:
+            loaded = baselines.load(self.settings.budgets_file)
+        except BaselineFileError as error:
+            raise pytest.UsageError(f"pytest-modelbudget: {error}") from None
+        return baselines.render(loaded.entries) if loaded.exists else ""
+
+    # -- collection -------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # tryfirst: runs before -k/-m deselect, so deselected tests are not "stale".
+        self.collected.update(item.nodeid for item in items if item.get_closest_marker(MARKER))
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.scope = _full_scope(self.config, self.deselected, session.testsfailed)
+
+    # -- end of the run ---------------------------------------------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker:
+            self.config.workeroutput[_WORKER_OUTPUT_KEY] = json.dumps(  # type: ignore[attr-defined]
+                {
+                    "results": [r.to_dict() for r in self.results],
+                    "collected": sorted(self.collected),
+                    "scope": self.scope,
+                }
+            )
+            return
+        if self.settings.update and exitstatus != pytest.ExitCode.INTERRUPTED:
+            self._write_baselines()
+
+    def stale_entries(self) -> list[str]:
+        scope = self.scope
+        if self.worker_scopes:  # xdist: the controller collects nothing itself
+            first = self.worker_scopes[0]
+            scope = first if all(s == first for s in self.worker_scopes) else None
+        if scope is None:
+            return []
+        return sorted(
+            key for key in self.entries if not belongs_to(key, self.collected) and _in_scope(key, scope)
+        )
+
+    def _write_baselines(self) -> None:
+        measured = {r.key: r.baseline_entry() for r in self.results}
+        # A crashed worker may have held tests we cannot see: then delete nothing.
+        stale = [] if self.crashed_workers else self.stale_entries()
+        try:
+            changed = baselines.update(self.settings.budgets_file, measured, frozenset(stale))
+        except BaselineFileError as error:
+            raise pytest.UsageError(f"pytest-modelbudget: {error}") from None
+        self.update_summary = report.UpdateSummary(
+            written=len(measured),
+            new=sum(1 for key in measured if key not in self.entries),
+            unchanged=0,
+            removed=tuple(stale),
+            file_changed=changed,
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.is_worker:
+            return
+        stale = self.stale_entries()
+        if not self.results and not stale:
+            return
+        terminalreporter.write_sep("=", "model budgets")
+        lines = report.summary_lines(
+            self.results,
+            budgets_file=self.display_path,
+            updating=self.settings.update,
+            stale=stale,
+            update=self.update_summary,
+        )
+        for line in lines:
+            if terminalreporter.verbosity >= 0 or not line.startswith(" "):
+                terminalreporter.write_line(line)
+        for worker in self.crashed_workers:
+            terminalreporter.write_line(
+                f"worker {worker} crashed: its measurements are lost; nothing was removed from {self.display_path}"
+            )
+
+
+def _full_scope(config: pytest.Config, deselected: int, collection_errors: int) -> list[str] | None:
+    """Path prefixes (rootdir-relative) whose every test this run collected, or None.
+
+    Runs narrowed by -k, -m, --lf, --deselect, node ids or collection errors see only part
+    of the suite: they may neither report nor delete stale entries.
+    """
+    option = config.option
+    if deselected or collection_errors or getattr(option, "keyword", "") or getattr(option, "markexpr", ""):
+        return None
+    if getattr(option, "lf", False) or getattr(option, "deselect", None):
+        return None
+    prefixes = []
+    for arg in config.args:
+        if "::" in arg:
+            return None
+        path = Path(config.invocation_params.dir, arg).resolve()
+        try:
+            relative = path.relative_to(config.rootpath)
+        except ValueError:
+            return None
+        prefixes.append("" if str(relative) == "." else relative.as_posix())
+    return prefixes
+
+
+def _in_scope(key: str, prefixes: list[str]) -> bool:
+    path = key.split("::", 1)[0]
+    return any(p == "" or path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+class XdistController:
+    """Controller side of the xdist hand-off (registered only when xdist is installed)."""
+
+    def __init__(self, session: BudgetSession) -> None:
+        self.session = session
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[_WORKER_INPUT_KEY] = self.session.baseline_text
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        payload = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY)
+        if payload is None:
+            worker = getattr(node, "gateway", None)
+            self.session.crashed_workers.append(getattr(worker, "id", "?"))
+            return
+        data = json.loads(payload)
+        self.session.results.extend(CallResult.from_dict(r) for r in data["results"])
+        self.session.collected.update(data["collected"])
+        self.session.worker_scopes.append(data["scope"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate every model_budget marker once, before any test runs."""
+    problems = []
+    for item in items:
+        markers = list(item.iter_markers(MARKER))
+        if not markers:
+            continue
+        kwargs: dict[str, object] = {}
+        positional: list[object] = []
+        for mark in reversed(markers):  # farthest first: the closest marker wins per keyword
+            kwargs.update(mark.kwargs)
+            positional.extend(mark.args)
+        try:
+            item.stash[BUDGET_KEY] = budgets.parse_budget(kwargs, args=positional)
+        except BudgetSpecError as error:
+            problems.append(f"{item.nodeid}: @pytest.mark.{MARKER}: {error}")
+    if problems:
+        raise pytest.UsageError("pytest-modelbudget: invalid budget marker\n  " + "\n  ".join(problems))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    item.stash[CALLS_KEY] = []
+    result = yield
+    if item.get_closest_marker(MARKER) and not item.stash[CALLS_KEY]:
+        raise pytest.fail.Exception(
+            f"{item.nodeid} is marked @pytest.mark.{MARKER} but never measured a model: "
+            "call the model_budget fixture, model_budget(model, *inputs), or remove the marker",
+            pytrace=False,
+        )
+    return result
+
+
+class ModelBudget:
+    """The ``model_budget`` fixture: ``model_budget(model, *inputs, **forward_kwargs)``.
+
+    With ``--model-budget``: counts one forward pass, checks it against the marker's
+    limits, the file's limits and the baseline, fails the test with a clear message when
+    a budget is broken, and returns a :class:`Measurement`. Without it: runs one plain
+    forward pass (so the test still exercises the model) and returns None.
+    """
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self._settings = item.config.stash[SETTINGS_KEY]
+        self._session = item.config.stash.get(SESSION_KEY, None)
+
+    def __call__(self, model: Any, *args: Any, name: str | None = None, **kwargs: Any) -> Measurement | None:
+        """Measure ``model(*args, **kwargs)``; ``name`` tells apart several calls in one test."""
+        __tracebackhide__ = True
+        return self.measure(model, args, kwargs, name=name)
+
+    def measure(
+        self,
+        model: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+    ) -> Measurement | None:
+        """Explicit form, for a forward that itself takes a keyword called ``name``."""
+        __tracebackhide__ = True
+        kwargs = dict(kwargs or {})
+        key = self._register_call(name)
+        if not callable(model):
+            raise pytest.fail.Exception(
+                f"model_budget expects a torch.nn.Module as first argument, got {type(model).__name__}",
+                pytrace=False,
+            )
+        if not args and not kwargs:
+            raise pytest.fail.Exception(
+                "model_budget needs the forward's inputs: model_budget(model, torch.randn(1, 3, 224, 224))",
+                pytrace=False,
+            )
+        if self._session is None:
+            model(*args, **kwargs)
+            return None
+        counts = self._count(model, args, kwargs, key)
+        return self._judge(counts, name, key)
+
+    def _register_call(self, name: str | None) -> str:
+        __tracebackhide__ = True
+        if name is not None and (not isinstance(name, str) or not name or NAME_SEPARATOR in name):
+            raise pytest.fail.Exception(
+                f"model_budget name={name!r}: a name is a non-empty string without {NAME_SEPARATOR!r}",
+                pytrace=False,
+            )
+        key = entry_key(self._item.nodeid, name)
+        calls = self._item.stash.setdefault(CALLS_KEY, [])
+        if key in calls:
+            hint = "give each call its own name=" if name is None else f"name={name!r} is already used"
+            raise pytest.fail.Exception(
+                f"model_budget was called twice for the same budget entry in {self._item.nodeid}: {hint}",
+                pytrace=False,
+            )
+        calls.append(key)
+        return key
+
+    def _count(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Counts:
+        __tracebackhide__ = True
+        from .counting import count  # imports torch: only when a model is measured
+
+        try:
+            return count(model, args, kwargs)
+        except MeasurementError as error:
+            raise pytest.fail.Exception(f"model_budget: {error}", pytrace=False) from None
+        except Exception as error:  # noqa: BLE001 -- the model's own error, shown as such
+            raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
+
+    def _judge(self, counts: Counts, name: str | None, key: str) -> Measurement:
+        __tracebackhide__ = True
+        session = self._session
+        assert session is not None
+        entry = session.entries.get(key)
+        measured = {
+            "macs": counts.macs,
+            "flops": counts.flops,
+            "params": counts.params,
+            "size": counts.size_bytes,
+            "memory_traffic": counts.memory_traffic,
+        }
+        marker = self._item.stash.get(BUDGET_KEY, budgets.Budget(limits={}))
+        has_baseline = entry is not None and bool(entry.metrics)
+        checks = tuple(
+            budgets.check(
+                measured,
+                marker=marker,
+                file_limits=entry.budget if entry else None,
+                baseline=entry.metrics if entry is not None and has_baseline else None,
+            )
+        )
+        result = CallResult(
+            nodeid=self._item.nodeid,
+            name=name,
+            metrics=measured,
+            modules=shallow_modules(counts.by_module(MODULE_DEPTH)),
+            uncounted=dict(counts.uncounted),
+            convention=counts.convention,
+            executed_on=counts.executed_on,
+            checks=checks,
+            baseline_modules=entry.modules if entry else {},
+            has_baseline=has_baseline,
+            updating=self._settings.update,
+        )
+        session.results.append(result)
+        self._item.user_properties.append((f"model_budget:{key}", json.dumps(measured)))
+        problems = list(report.failure_lines(result, session.display_path)) if result.failed_checks else []
+        if self._settings.strict and not self._settings.update:
+            if not has_baseline:
+                problems.append(
+                    f"--budget-strict: {key} has no baseline in {session.display_path}; "
+                    "record one with pytest --model-budget --update-budgets"
+                )
+            if counts.uncounted:
+                ops = ", ".join(f"{op} x{n}" for op, n in counts.uncounted.items())
+                problems.append(f"--budget-strict: ops with arithmetic the counter cannot count: {ops}")
+        if problems:
+            raise pytest.fail.Exception("\n".join(problems), pytrace=False)
+        return Measurement(key=key, counts=counts, checks=checks)
+
+
+def _forward_error(error: BaseException, key: str) -> str:
+    """The model's exception as one message, pointing at the user's code, not ours."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = str(Path(__file__).parent)
+    torch_dir = str(Path(sys.modules["torch"].__file__ or "").parent) if "torch" in sys.modules else "\0"
+    user = [f for f in frames if not f.filename.startswith((ours, torch_dir))]
+    where = f"\n  at {user[-1].filename}:{user[-1].lineno} in {user[-1].name}" if user else ""
+    return (
+        f"model_budget: the model's forward raised {type(error).__name__}: {error}{where}\n"
+        f"  (while measuring {key}; the model was left as it was)"
+    )
+
+
+@pytest.fixture
+def model_budget(request: pytest.FixtureRequest) -> ModelBudget:
+    """Measure a model against the test's budget: ``model_budget(model, *inputs)``."""
+    return ModelBudget(request.node)

@@ -1,0 +1,141 @@
+"""Parse and format the human numbers users write in markers and budgets.yaml.
+
+Counts (MACs, FLOPs, params) take SI suffixes: ``"4.1G"``, ``"25M"``, ``"300k"``.
+Sizes in bytes take SI or binary units: ``"1.5 GB"``, ``"300 MiB"``, ``"512"``.
+Every parser raises :class:`UnitError` whose message names the accepted format, so
+the plugin can show it to the user unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .errors import UnitError
+
+# SI multipliers for counts. Lower-case "m" is deliberately absent: it would read as
+# "milli" to half of our users and "mega" to the other half.
+_COUNT_SUFFIXES: dict[str, float] = {
+    "": 1.0,
+    "k": 1e3,
+    "K": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+}
+
+_BYTE_UNITS: dict[str, float] = {
+    "": 1.0,
+    "B": 1.0,
+    "K": 1e3,
+    "KB": 1e3,
+    "M": 1e6,
+    "MB": 1e6,
+    "G": 1e9,
+    "GB": 1e9,
+    "T": 1e12,
+    "TB": 1e12,
+    "KIB": 2.0**10,
+    "MIB": 2.0**20,
+    "GIB": 2.0**30,
+    "TIB": 2.0**40,
+}
+
+_NUMBER_WITH_UNIT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
+
+COUNT_FORMAT = "a number or a string with an SI suffix, e.g. 1329000, '4.1G', '25M', '300k'"
+BYTES_FORMAT = "a number of bytes or a string with a unit, e.g. '1.5 GB', '300 MiB', '512 KB'"
+FRACTION_FORMAT = "a non-negative number (0.05) or a percentage string ('5%')"
+
+
+def _split(value: str) -> tuple[float, str] | None:
+    match = _NUMBER_WITH_UNIT.match(value)
+    if match is None:
+        return None
+    return float(match.group(1)), match.group(2)
+
+
+def _check_number(value: object, accepted: str) -> float:
+    # bool is an int subclass; `max_macs=True` is always a mistake.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnitError(f"{value!r} is not {accepted}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise UnitError(f"{value!r} is not finite; expected {accepted}")
+    return number
+
+
+def parse_count(value: object) -> float:
+    """A count: ``1329000``, ``"1.33M"``, ``"4.1G"``, ``"7B"``."""
+    if isinstance(value, str):
+        parts = _split(value)
+        if parts is None or parts[1] not in _COUNT_SUFFIXES:
+            hint = ""
+            if parts is not None and parts[1].upper().endswith("B"):
+                hint = " (this limit is a count, not a size in bytes)"
+            raise UnitError(f"{value!r} is not {COUNT_FORMAT}{hint}")
+        return _check_number(parts[0] * _COUNT_SUFFIXES[parts[1]], COUNT_FORMAT)
+    return _check_number(value, COUNT_FORMAT)
+
+
+def parse_bytes(value: object) -> float:
+    """A size in bytes: ``4030360``, ``"1.5 GB"``, ``"300 MiB"``."""
+    if isinstance(value, str):
+        parts = _split(value)
+        unit = parts[1].upper() if parts is not None else ""
+        if parts is None or unit not in _BYTE_UNITS:
+            raise UnitError(f"{value!r} is not {BYTES_FORMAT}")
+        return _check_number(parts[0] * _BYTE_UNITS[unit], BYTES_FORMAT)
+    return _check_number(value, BYTES_FORMAT)
+
+
+def parse_fraction(value: object) -> float:
+    """A relative tolerance: ``0.05`` or ``"5%"``; must be >= 0."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                number = float(text[:-1]) / 100.0
+            except ValueError:
+                raise UnitError(f"{value!r} is not {FRACTION_FORMAT}") from None
+        else:
+            try:
+                number = float(text)
+            except ValueError:
+                raise UnitError(f"{value!r} is not {FRACTION_FORMAT}") from None
+    else:
+        number = _check_number(value, FRACTION_FORMAT)
+    if not math.isfinite(number) or number < 0:
+        raise UnitError(f"{value!r} is not {FRACTION_FORMAT}")
+    return number
+
+
+def format_count(value: float) -> str:
+    """``1329000`` -> ``"1.33 M"``; small numbers stay exact."""
+    magnitude = abs(value)
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if magnitude >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def format_bytes(value: float) -> str:
+    """``4030360`` -> ``"3.84 MiB"`` (binary units, as tools that show memory use)."""
+    magnitude = abs(value)
+    for suffix, scale in (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if magnitude >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value:.0f} B"
+
+
+def format_change(measured: float, reference: float) -> str:
+    """Relative change as ``"+9.9%"``; ``"new"`` when there is nothing to compare to."""
+    if reference == 0:
+        return "+0%" if measured == 0 else "+inf%"
+    change = (measured - reference) / reference * 100.0
+    if change == 0:
+        return "+0%"
+    # Keep tiny but real changes visible instead of rounding them to 0.0%.
+    digits = 1 if abs(change) >= 0.1 else 3
+    return f"{change:+.{digits}f}%"
