@@ -285,7 +285,9 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
     tests both keep their entries. Hand-written limits already in the file win over the
     (empty) limits of a fresh measurement.
     """
-    if path.exists() and not os.access(path, os.W_OK):
+    # Also honour a cleared write bit when running as root, who may write anyway: a
+    # read-only budgets file is a deliberate "do not touch".
+    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
         raise BaselineFileError(str(path), "is read-only; make it writable to update baselines")
     if not path.parent.is_dir():
         raise BaselineFileError(str(path), f"its directory {str(path.parent)!r} does not exist")

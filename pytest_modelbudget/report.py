@@ -139,8 +139,11 @@ def summary_lines(
         if counts.get("shrank"):
             yield f"{counts['shrank']} call(s) shrank below their baseline: lock that in with pytest --model-budget --update-budgets"
     if stale:
-        yield f"{len(stale)} stale entr{'y' if len(stale) == 1 else 'ies'} in {budgets_file} (no such test): " + ", ".join(stale)
-        if update is None or not update.removed:
+        noun = f"{len(stale)} stale entr{'y' if len(stale) == 1 else 'ies'}"
+        if update is not None and update.removed:
+            yield f"removed {noun} from {budgets_file} (no such test): " + ", ".join(stale)
+        else:
+            yield f"{noun} in {budgets_file} (no such test): " + ", ".join(stale)
             yield "  stale entries are removed only by --update-budgets over the whole suite"
 
 

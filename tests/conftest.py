@@ -1,0 +1,68 @@
+"""Shared helpers for the test suite: a tiny user project written into a pytester dir."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+# In-process pytester runs drop the modules first imported inside them, and torch (with
+# the submodules it loads lazily while counting) cannot be imported twice in a process.
+# So torch is imported, and one count of each kind is done, before any inner run.
+import torch
+
+
+def _load_torch_lazily_imported_modules() -> None:
+    from pytest_modelbudget.counting import count
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(3)
+    )
+    model(torch.randn(1, 1, 5, 5))
+    attention = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).eval()
+    for execution in ("meta", "real"):
+        count(model, (torch.randn(1, 1, 5, 5),), execution=execution)
+        count(attention, (torch.randn(1, 3, 8),), execution=execution)
+
+
+_load_torch_lazily_imported_modules()
+
+# A model users know: the classic worked example, 1,329,000 MACs and 1,007,590 params
+# at hidden=500 (conv1 144,000 + conv2 180,000 + fc1 1,000,000 + fc2 5,000 MACs).
+SIMPLE_MODEL = '''
+import os
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+class SimpleModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        hidden = int(os.environ.get("HIDDEN", "500"))  # tests widen the model with HIDDEN
+        self.conv1 = nn.Conv2d(1, 10, 5)
+        self.conv2 = nn.Conv2d(10, 20, 3)
+        self.fc1 = nn.Linear(2000, hidden)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.relu(self.conv2(x))
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+'''
+
+SIMPLE_MACS = 1_329_000
+SIMPLE_PARAMS = 1_007_590
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester dir with `mymodels.py` (SimpleModel) importable by its tests."""
+    pytester.makepyfile(mymodels=SIMPLE_MODEL)
+    pytester.syspathinsert()
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    return pytester
+
+
+def write_test(pytester: pytest.Pytester, body: str, name: str = "test_model") -> None:
+    header = "import pytest\nimport torch\nfrom mymodels import SimpleModel\n"
+    pytester.makepyfile(**{name: header + textwrap.dedent(body)})
