@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,18 +71,16 @@ def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode) -> dic
     loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
         if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        mapping[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        mapping[key] = loader.construct_object(value_node, deep=True)
     return mapping
 
 
 _StrictSafeLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -92,9 +90,7 @@ def load(path: Path) -> BaselineFile:
         raise BaselineFileError(str(path), "is a directory; point --budgets-file at a file")
     if not path.exists():
         if not path.parent.is_dir():
-            raise BaselineFileError(
-                str(path), f"its directory {str(path.parent)!r} does not exist"
-            )
+            raise BaselineFileError(str(path), f"its directory {str(path.parent)!r} does not exist")
         return BaselineFile(path, {}, exists=False)
     try:
         raw = path.read_bytes()
@@ -110,11 +106,13 @@ def parse(raw: bytes, where: str) -> dict[str, Entry]:
     except UnicodeDecodeError as error:
         raise BaselineFileError(where, f"is not UTF-8 text (byte {error.start})") from None
     try:
-        data = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 -- a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictSafeLoader)
     except yaml.constructor.ConstructorError as error:
         problem = error.problem or str(error)
         if "could not determine a constructor" in problem:
-            problem = "contains a tag that a safe loader refuses (" + problem.split("for the tag")[-1].strip() + ")"
+            problem = (
+                "contains a tag that a safe loader refuses (" + problem.split("for the tag")[-1].strip() + ")"
+            )
         line = f" (line {error.problem_mark.line + 1})" if error.problem_mark else ""
         raise BaselineFileError(where, f"{problem}{line}") from None
     except yaml.YAMLError as error:
@@ -136,7 +134,9 @@ def _validate(data: Any, where: str) -> dict[str, Entry]:
         )
     unknown = sorted(set(map(str, data)) - {"version", "entries"})
     if unknown:
-        raise BaselineFileError(where, f"unknown top-level key(s) {unknown}; expected 'version' and 'entries'")
+        raise BaselineFileError(
+            where, f"unknown top-level key(s) {unknown}; expected 'version' and 'entries'"
+        )
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise BaselineFileError(where, f"'version' must be an integer, got {version!r}")
@@ -219,9 +219,7 @@ def render(entries: Mapping[str, Entry]) -> str:
         document["entries"][key] = body
     if not document["entries"]:
         document["entries"] = {}
-    text = yaml.safe_dump(
-        document, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000
-    )
+    text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000)
     return HEADER + text
 
 
@@ -259,23 +257,15 @@ def _write_atomically(path: Path, text: str) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        with _suppress_oserror():
+        with suppress(OSError):
             os.unlink(tmp)
         raise
-    with _suppress_oserror():
+    with suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-@contextmanager
-def _suppress_oserror() -> Iterator[None]:
-    try:
-        yield
-    except OSError:
-        pass
 
 
 def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = frozenset()) -> bool:
@@ -301,7 +291,9 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
                 merged[key] = Entry(limits=entry.limits)
         for key, entry in measured.items():
             old = merged.get(key)
-            merged[key] = Entry(entry.metrics, entry.modules, entry.convention, old.limits if old else entry.limits)
+            merged[key] = Entry(
+                entry.metrics, entry.modules, entry.convention, old.limits if old else entry.limits
+            )
         text = render(merged)
         if current.exists and path.read_bytes() == text.encode("utf-8"):
             return False

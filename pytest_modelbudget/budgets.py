@@ -208,4 +208,3 @@ def keyword_table() -> list[tuple[str, str, str]]:
     rows = [(m.keyword, m.unit, m.description) for m in METRICS]
     rows.append((TOLERANCE_KEYWORD, "fraction", "relative growth allowed over the baseline"))
     return rows
-

@@ -44,6 +44,7 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey["BudgetSession"]()
 BUDGET_KEY = pytest.StashKey[budgets.Budget]()
 CALLS_KEY = pytest.StashKey[list[str]]()
+MARKER_ERROR_KEY = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,7 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="fail budgeted calls that have no baseline or that run ops the counter cannot count",
     )
-    parser.addini("model_budget", "measure and enforce model budgets on every run", type="bool", default=False)
+    parser.addini(
+        "model_budget", "measure and enforce model budgets on every run", type="bool", default=False
+    )
     parser.addini("budgets_file", "baseline file, relative to the rootdir", default="budgets.yaml")
     parser.addini("budget_strict", "as --budget-strict", type="bool", default=False)
 
@@ -134,7 +137,9 @@ class BudgetSession:
         self.update_summary: report.UpdateSummary | None = None
         self.baseline_text = self._read_baselines()
         try:
-            self.entries = baselines.parse(self.baseline_text.encode(), self.display_path) if self.baseline_text else {}
+            self.entries = (
+                baselines.parse(self.baseline_text.encode(), self.display_path) if self.baseline_text else {}
+            )
         except BaselineFileError as error:
             raise pytest.UsageError(f"pytest-modelbudget: {error}") from None
 
@@ -231,7 +236,8 @@ class BudgetSession:
                 terminalreporter.write_line(line)
         for worker in self.crashed_workers:
             terminalreporter.write_line(
-                f"worker {worker} crashed: its measurements are lost; nothing was removed from {self.display_path}"
+                f"worker {worker} crashed: its measurements are lost; "
+                f"nothing was removed from {self.display_path}"
             )
 
 
@@ -241,10 +247,8 @@ def _full_scope(config: pytest.Config, deselected: int, collection_errors: int) 
     Runs narrowed by -k, -m, --lf, --deselect, node ids or collection errors see only part
     of the suite: they may neither report nor delete stale entries.
     """
-    option = config.option
-    if deselected or collection_errors or getattr(option, "keyword", "") or getattr(option, "markexpr", ""):
-        return None
-    if getattr(option, "lf", False) or getattr(option, "deselect", None):
+    narrowing_options = ("keyword", "markexpr", "lf", "deselect")
+    if deselected or collection_errors or any(config.getoption(name, None) for name in narrowing_options):
         return None
     prefixes = []
     for arg in config.args:
@@ -300,9 +304,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         try:
             item.stash[BUDGET_KEY] = budgets.parse_budget(kwargs, args=positional)
         except BudgetSpecError as error:
-            problems.append(f"{item.nodeid}: @pytest.mark.{MARKER}: {error}")
-    if problems:
+            problem = f"{item.nodeid}: @pytest.mark.{MARKER}: {error}"
+            item.stash[MARKER_ERROR_KEY] = problem
+            problems.append(problem)
+    # An xdist worker cannot stop the session cleanly; its tests error at setup instead.
+    if problems and not hasattr(config, "workerinput"):
         raise pytest.UsageError("pytest-modelbudget: invalid budget marker\n  " + "\n  ".join(problems))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    problem = item.stash.get(MARKER_ERROR_KEY, None)
+    if problem is not None:
+        raise pytest.fail.Exception(f"invalid budget marker: {problem}", pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -391,7 +404,7 @@ class ModelBudget:
             return count(model, args, kwargs)
         except MeasurementError as error:
             raise pytest.fail.Exception(f"model_budget: {error}", pytrace=False) from None
-        except Exception as error:  # noqa: BLE001 -- the model's own error, shown as such
+        except Exception as error:
             raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
 
     def _judge(self, counts: Counts, name: str | None, key: str) -> Measurement:

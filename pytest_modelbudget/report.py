@@ -113,9 +113,9 @@ def summary_lines(
         )
     if rows:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        yield "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
+        yield "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
         for row in rows:
-            yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+            yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
     counts: dict[str, int] = {}
     for result in results:
         counts[result.verdict] = counts.get(result.verdict, 0) + 1
@@ -133,11 +133,11 @@ def summary_lines(
             f"{len(update.removed)} stale removed; {state}"
         )
     elif not updating:
-        new = counts.get("new", 0)
-        if new:
-            yield f"{new} call(s) have no baseline in {budgets_file}: record them with pytest --model-budget --update-budgets"
+        accept = "pytest --model-budget --update-budgets"
+        if counts.get("new"):
+            yield f"{counts['new']} call(s) have no baseline in {budgets_file}: record them with {accept}"
         if counts.get("shrank"):
-            yield f"{counts['shrank']} call(s) shrank below their baseline: lock that in with pytest --model-budget --update-budgets"
+            yield f"{counts['shrank']} call(s) shrank below their baseline: lock that in with {accept}"
     if stale:
         noun = f"{len(stale)} stale entr{'y' if len(stale) == 1 else 'ies'}"
         if update is not None and update.removed:

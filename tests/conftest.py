@@ -16,7 +16,11 @@ def _load_torch_lazily_imported_modules() -> None:
     from pytest_modelbudget.counting import count
 
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(3)
+        torch.nn.Conv2d(1, 2, 3),
+        torch.nn.BatchNorm2d(2),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(3),
     )
     model(torch.randn(1, 1, 5, 5))
     attention = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).eval()
@@ -29,7 +33,7 @@ _load_torch_lazily_imported_modules()
 
 # A model users know: the classic worked example, 1,329,000 MACs and 1,007,590 params
 # at hidden=500 (conv1 144,000 + conv2 180,000 + fc1 1,000,000 + fc2 5,000 MACs).
-SIMPLE_MODEL = '''
+SIMPLE_MODEL = """
 import os
 import torch
 import torch.nn.functional as F
@@ -48,7 +52,7 @@ class SimpleModel(nn.Module):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.relu(self.conv2(x))
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
-'''
+"""
 
 SIMPLE_MACS = 1_329_000
 SIMPLE_PARAMS = 1_007_590

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from conftest import SIMPLE_MACS, SIMPLE_PARAMS, write_test
 
-PASSING = """
+PASSING = f"""
 @pytest.mark.model_budget(max_macs="2M", max_params="1.5M")
 def test_simple(model_budget):
     measured = model_budget(SimpleModel(), torch.randn(1, 1, 28, 28))
     if measured is not None:
-        assert (measured.macs, measured.flops, measured.params) == ({macs}, {flops}, {params})
-""".format(macs=SIMPLE_MACS, flops=2 * SIMPLE_MACS, params=SIMPLE_PARAMS)
+        assert (measured.macs, measured.flops, measured.params) == ({SIMPLE_MACS}, {2 * SIMPLE_MACS}, {SIMPLE_PARAMS})
+"""
 
 
 def test_measures_and_summarises(project: pytest.Pytester) -> None:
@@ -95,7 +95,9 @@ def test_marker_without_measurement_fails(project: pytest.Pytester) -> None:
         result = project.runpytest(*args)
         result.assert_outcomes(failed=2)
         result.stdout.fnmatch_lines(
-            ["*test_forgot is marked @pytest.mark.model_budget but never measured a model: call the model_budget fixture*"]
+            [
+                "*test_forgot is marked @pytest.mark.model_budget but never measured a model: call the model_budget fixture*"
+            ]
         )
 
 
@@ -130,7 +132,7 @@ def test_several_named_calls_and_parametrized_tests_get_their_own_entries(projec
     ("call", "message"),
     [
         (
-            'model_budget(SimpleModel(), x); model_budget(SimpleModel(), x)',
+            "model_budget(SimpleModel(), x); model_budget(SimpleModel(), x)",
             "*called twice for the same budget entry in test_model.py::test_bad: give each call its own name=*",
         ),
         (
@@ -138,7 +140,10 @@ def test_several_named_calls_and_parametrized_tests_get_their_own_entries(projec
             "*name='a' is already used*",
         ),
         ('model_budget("resnet", x)', "*expects a torch.nn.Module as first argument, got str*"),
-        ("model_budget(SimpleModel())", "*needs the forward's inputs: model_budget(model, torch.randn(1, 3, 224, 224))*"),
+        (
+            "model_budget(SimpleModel())",
+            "*needs the forward's inputs: model_budget(model, torch.randn(1, 3, 224, 224))*",
+        ),
         ('model_budget(SimpleModel(), x, name="a#b")', "*a name is a non-empty string without '#'*"),
     ],
 )

@@ -52,22 +52,35 @@ def test_update_records_then_growth_fails_naming_the_modules(
         ]
     )
     before = (project.path / "budgets.yaml").read_text()
-    project.runpytest("--model-budget", "--update-budgets", "test_model.py::test_simple").assert_outcomes(passed=1)
+    project.runpytest("--model-budget", "--update-budgets", "test_model.py::test_simple").assert_outcomes(
+        passed=1
+    )
     after = (project.path / "budgets.yaml").read_text()
     changed = [line for line in after.splitlines() if line not in before.splitlines()]
     assert changed and all(line.strip().split(":")[0] in {"macs", "params", "size"} for line in changed)
-    assert _entries(project)["test_model.py::test_other"] == baselines.parse(before.encode(), "x")["test_model.py::test_other"]
+    assert (
+        _entries(project)["test_model.py::test_other"]
+        == baselines.parse(before.encode(), "x")["test_model.py::test_other"]
+    )
     project.runpytest("--model-budget").assert_outcomes(passed=2)
 
 
 def test_tolerance_allows_some_growth(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_test(project, TESTS.replace("@pytest.mark.model_budget\ndef test_simple", '@pytest.mark.model_budget(tolerance="25%")\ndef test_simple'))
+    write_test(
+        project,
+        TESTS.replace(
+            "@pytest.mark.model_budget\ndef test_simple",
+            '@pytest.mark.model_budget(tolerance="25%")\ndef test_simple',
+        ),
+    )
     project.runpytest("--update-budgets").assert_outcomes(passed=2)
     monkeypatch.setenv("HIDDEN", "600")
     project.runpytest("--model-budget").assert_outcomes(passed=2)
 
 
-def test_shrinking_is_reported_with_how_to_lock_it_in(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shrinking_is_reported_with_how_to_lock_it_in(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_test(project, TESTS)
     project.runpytest("--update-budgets").assert_outcomes(passed=2)
     monkeypatch.setenv("HIDDEN", "400")
@@ -110,13 +123,21 @@ def test_hand_written_limits_apply_to_a_bare_marker_and_survive_updates(project:
 
 
 def test_marker_and_file_limits_both_apply(project: pytest.Pytester) -> None:
-    write_test(project, TESTS.replace("@pytest.mark.model_budget\ndef test_simple", '@pytest.mark.model_budget(max_params="1M")\ndef test_simple'))
+    write_test(
+        project,
+        TESTS.replace(
+            "@pytest.mark.model_budget\ndef test_simple",
+            '@pytest.mark.model_budget(max_params="1M")\ndef test_simple',
+        ),
+    )
     (project.path / "budgets.yaml").write_text(
         "version: 1\nentries:\n  test_model.py::test_simple:\n    limits:\n      max_macs: 1M\n"
     )
     result = project.runpytest("--model-budget")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*params 1.01 M > limit (marker) 1 M*", "*macs 1.33 M > limit (budgets.yaml limits) 1 M*"])
+    result.stdout.fnmatch_lines(
+        ["*params 1.01 M > limit (marker) 1 M*", "*macs 1.33 M > limit (budgets.yaml limits) 1 M*"]
+    )
 
 
 def test_stale_entries_listed_and_removed_only_by_a_whole_suite_update(project: pytest.Pytester) -> None:
@@ -133,7 +154,12 @@ def test_stale_entries_listed_and_removed_only_by_a_whole_suite_update(project: 
             "*stale entries are removed only by --update-budgets over the whole suite",
         ]
     )
-    for narrowed in (["-k", "simple"], ["test_model.py::test_simple"], ["-m", "model_budget"], ["--deselect", "test_model.py::test_other"]):
+    for narrowed in (
+        ["-k", "simple"],
+        ["test_model.py::test_simple"],
+        ["-m", "model_budget"],
+        ["--deselect", "test_model.py::test_other"],
+    ):
         project.runpytest("--update-budgets", *narrowed)
         assert "test_model.py::test_removed" in _entries(project), narrowed
     result = project.runpytest("--update-budgets")
@@ -152,7 +178,9 @@ def test_entries_of_tests_that_did_not_run_are_kept(project: pytest.Pytester) ->
     path = project.path / "budgets.yaml"
     entries = _entries(project)
     other = entries["test_model.py::test_other"]
-    entries["test_model.py::test_other"] = baselines.Entry({**other.metrics, "macs": 1}, other.modules, other.convention)
+    entries["test_model.py::test_other"] = baselines.Entry(
+        {**other.metrics, "macs": 1}, other.modules, other.convention
+    )
     path.write_text(baselines.render(entries))
     result = project.runpytest("--update-budgets", "-k", "simple")
     result.assert_outcomes(passed=1, deselected=1)

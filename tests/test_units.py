@@ -81,7 +81,9 @@ def test_parse_bytes_rejects(text: object) -> None:
         parse_bytes(text)
 
 
-@pytest.mark.parametrize(("text", "expected"), [(0, 0.0), (0.05, 0.05), ("5%", 0.05), ("0.1", 0.1), ("0%", 0.0)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [(0, 0.0), (0.05, 0.05), ("5%", 0.05), ("0.1", 0.1), ("0%", 0.0)]
+)
 def test_parse_fraction_accepts(text: object, expected: float) -> None:
     assert math.isclose(parse_fraction(text), expected)
 
@@ -107,7 +109,13 @@ def test_format_bytes(value: float, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("measured", "reference", "expected"),
-    [(110, 100, "+10.0%"), (90, 100, "-10.0%"), (100, 100, "+0%"), (100001, 100000, "+0.001%"), (5, 0, "+inf%")],
+    [
+        (110, 100, "+10.0%"),
+        (90, 100, "-10.0%"),
+        (100, 100, "+0%"),
+        (100001, 100000, "+0.001%"),
+        (5, 0, "+inf%"),
+    ],
 )
 def test_format_change(measured: float, reference: float, expected: str) -> None:
     assert format_change(measured, reference) == expected
