@@ -38,7 +38,9 @@ HEADER = """\
 # (plus '#name' for named calls). Hand-written `limits:` are never changed by updates.
 """
 
-_ENTRY_KEYS = ("convention", *RATCHETED, "modules", "limits")
+_ENTRY_KEYS = ("convention", *RATCHETED, "modules", "timing", "limits")
+# Per device fingerprint under `timing:`; all but `probes` are numbers.
+TIMING_KEYS = ("median_ms", "p90_ms", "spread", "samples", "peak_memory", "max_batch", "probes")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Entry:
     modules: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     convention: str | None = None
     limits: Mapping[str, Any] = field(default_factory=dict)  # as written, for round-trips
+    timing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # fingerprint -> stats
 
     @property
     def budget(self) -> Budget | None:
@@ -138,6 +141,8 @@ def _validate(data: Any, where: str) -> dict[str, Entry]:
             where, f"unknown top-level key(s) {unknown}; expected 'version' and 'entries'"
         )
     version = data.get("version")
+    if "version" not in data:
+        raise BaselineFileError(where, f"has no 'version'; add 'version: {FORMAT_VERSION}' at the top")
     if isinstance(version, bool) or not isinstance(version, int):
         raise BaselineFileError(where, f"'version' must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
@@ -148,7 +153,7 @@ def _validate(data: Any, where: str) -> dict[str, Entry]:
         )
     if version < 1:
         raise BaselineFileError(where, f"'version' must be 1 or more, got {version}")
-    entries = data.get("entries") or {}
+    entries = {} if data.get("entries") is None else data["entries"]  # `entries: []` is an error
     if not isinstance(entries, dict):
         raise BaselineFileError(where, f"'entries' must be a mapping, not a {type(entries).__name__}")
     return {str(key): _validate_entry(value, where, str(key)) for key, value in entries.items()}
@@ -173,7 +178,7 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
             where, f"unknown key(s) {unknown}; an entry may hold {list(_ENTRY_KEYS)}", key
         )
     metrics = {m: _count(value[m], where, key, m) for m in RATCHETED if m in value}
-    modules_raw = value.get("modules") or {}
+    modules_raw = {} if value.get("modules") is None else value["modules"]
     if not isinstance(modules_raw, dict):
         raise BaselineFileError(where, "'modules' must be a mapping of module path to counts", key)
     modules: dict[str, dict[str, int]] = {}
@@ -186,7 +191,7 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
     convention = value.get("convention")
     if convention is not None and not isinstance(convention, str):
         raise BaselineFileError(where, f"'convention' must be a string, got {convention!r}", key)
-    limits = value.get("limits") or {}
+    limits = {} if value.get("limits") is None else value["limits"]
     if not isinstance(limits, dict):
         raise BaselineFileError(
             where, f"'limits' must be a mapping of marker keywords ({', '.join(KEYWORDS)})", key
@@ -195,7 +200,47 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
         parse_budget(limits)
     except BudgetSpecError as error:
         raise BaselineFileError(where, f"limits: {error}", key) from None
-    return Entry(metrics, modules, convention, dict(limits))
+    timing = _validate_timing(value.get("timing") or {}, where, key)
+    return Entry(metrics, modules, convention, dict(limits), timing)
+
+
+def _number(value: Any, where: str, entry: str, what: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise BaselineFileError(where, f"{what} must be a finite number >= 0, got {value!r}", entry)
+    return value
+
+
+def _validate_timing(timing: Any, where: str, key: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(timing, dict):
+        raise BaselineFileError(where, "'timing' must be a mapping of device fingerprint to statistics", key)
+    validated: dict[str, dict[str, Any]] = {}
+    for device, stats in timing.items():
+        if not isinstance(stats, dict) or not set(stats) <= set(TIMING_KEYS):
+            raise BaselineFileError(
+                where, f"timing[{device!r}] must be a mapping with keys from {list(TIMING_KEYS)}", key
+            )
+        clean: dict[str, Any] = {}
+        for name, number in stats.items():
+            if name == "probes":
+                if not isinstance(number, dict):
+                    raise BaselineFileError(where, f"timing[{device!r}].probes must be a mapping", key)
+                clean[name] = {str(p): _number(v, where, key, f"timing probe {p}") for p, v in number.items()}
+            else:
+                clean[name] = _number(number, where, key, f"timing[{device!r}].{name}")
+        validated[str(device)] = clean
+    return validated
+
+
+def _significant(value: float, digits: int = 4) -> float | int:
+    # Timings keep 4 significant digits: precise enough to judge, short enough to diff.
+    if isinstance(value, int) or float(value).is_integer():
+        return int(value)
+    return float(f"{value:.{digits}g}")
 
 
 def render(entries: Mapping[str, Entry]) -> str:
@@ -214,6 +259,19 @@ def render(entries: Mapping[str, Entry]) -> str:
                 path: {k: int(v) for k, v in sorted(stats.items())}
                 for path, stats in sorted(entry.modules.items(), key=lambda item: _natural(item[0]))
             }
+        if entry.timing:
+            body["timing"] = {
+                device: {
+                    name: (
+                        {p: _significant(v) for p, v in sorted(stats[name].items())}
+                        if name == "probes"
+                        else _significant(stats[name])
+                    )
+                    for name in TIMING_KEYS
+                    if name in stats
+                }
+                for device, stats in sorted(entry.timing.items())
+            }
         if entry.limits:
             body["limits"] = dict(entry.limits)
         document["entries"][key] = body
@@ -229,20 +287,36 @@ def _natural(path: str) -> list[tuple[int, int | str]]:
 
 
 @contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive lock on the file's directory, shared by every process updating it."""
+def _locked(directory: Path) -> Iterator[bool]:
+    """An exclusive lock on the file's directory, shared by every process updating it.
+
+    Yields whether the lock is held (not on Windows).
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; writes stay atomic
-        yield
+        yield False
         return
     fd = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete temporary files of updates that were killed mid-write.
+
+    Call only under the lock: every writer holds it while its temporary file exists, so
+    any left then are orphans, which would otherwise pile up (and get committed).
+    """
+    prefix = f".{path.name}."
+    for name in os.listdir(path.parent):
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with suppress(OSError):
+                os.unlink(path.parent / name)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -281,7 +355,10 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
         raise BaselineFileError(str(path), "is read-only; make it writable to update baselines")
     if not path.parent.is_dir():
         raise BaselineFileError(str(path), f"its directory {str(path.parent)!r} does not exist")
-    with _locked(path.parent):
+    path = Path(os.path.realpath(path))  # a symlink stays a link: update the file it points to
+    with _locked(path.parent) as locked:
+        if locked:
+            _remove_orphans(path)
         current = load(path)
         merged = dict(current.entries)
         for key in remove:
@@ -290,12 +367,19 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
                 # Hand-written limits outlive the measurement: keep them.
                 merged[key] = Entry(limits=entry.limits)
         for key, entry in measured.items():
-            old = merged.get(key)
+            old = merged.get(key) or Entry()
             merged[key] = Entry(
-                entry.metrics, entry.modules, entry.convention, old.limits if old else entry.limits
+                entry.metrics,
+                entry.modules,
+                entry.convention,
+                old.limits or entry.limits,
+                # Timings of other devices are kept: each machine updates its own.
+                {**old.timing, **entry.timing},
             )
         text = render(merged)
-        if current.exists and path.read_bytes() == text.encode("utf-8"):
+        # Same data: leave the file alone (a hand-edited one keeps its comments), and
+        # create none when there is nothing to record.
+        if merged == current.entries or (current.exists and path.read_bytes() == text.encode("utf-8")):
             return False
         try:
             _write_atomically(path, text)

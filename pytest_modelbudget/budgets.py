@@ -8,12 +8,26 @@ parses marker keywords with :func:`parse_budget` at collection time and applies
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BudgetSpecError, UnitError
-from .units import format_bytes, format_change, format_count, parse_bytes, parse_count, parse_fraction
+from .units import (
+    format_bytes,
+    format_change,
+    format_count,
+    format_duration,
+    format_rate,
+    parse_bytes,
+    parse_count,
+    parse_duration_ms,
+    parse_fraction,
+    parse_rate,
+)
+
+_PARSERS = {"count": parse_count, "bytes": parse_bytes, "ms": parse_duration_ms, "rate": parse_rate}
+_FORMATTERS = {"count": format_count, "bytes": format_bytes, "ms": format_duration, "rate": format_rate}
 
 
 @dataclass(frozen=True)
@@ -22,28 +36,58 @@ class Metric:
 
     name: str
     keyword: str
-    unit: str  # "count" or "bytes"
+    unit: str  # "count", "bytes", "ms" or "rate"
     description: str
-    ratcheted: bool  # kept as a baseline in budgets.yaml and never allowed to grow
+    ratcheted: bool = False  # kept as a baseline in budgets.yaml and never allowed to grow
+    timed: bool = False  # needs the model to be timed, not only counted
+    higher_is_better: bool = False  # the limit is a minimum (throughput), not a maximum
 
     def parse(self, value: object) -> float:
-        return parse_bytes(value) if self.unit == "bytes" else parse_count(value)
+        return _PARSERS[self.unit](value)
 
     def format(self, value: float) -> str:
-        return format_bytes(value) if self.unit == "bytes" else format_count(value)
+        return _FORMATTERS[self.unit](value)
+
+    def exceeds(self, measured: float, limit: float) -> bool:
+        return measured < limit if self.higher_is_better else measured > limit
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("macs", "max_macs", "count", "multiply-accumulates of one forward pass", True),
-    Metric("flops", "max_flops", "count", "floating-point operations, 2 x MACs", False),
-    Metric("params", "max_params", "count", "parameters, shared tensors counted once", True),
-    Metric("size", "max_size", "bytes", "bytes of parameters and buffers, by dtype", True),
+    Metric("macs", "max_macs", "count", "multiply-accumulates of one forward pass", ratcheted=True),
+    Metric("flops", "max_flops", "count", "floating-point operations, 2 x MACs"),
+    Metric("params", "max_params", "count", "parameters, shared tensors counted once", ratcheted=True),
+    Metric("size", "max_size", "bytes", "bytes of parameters and buffers, by dtype", ratcheted=True),
     Metric(
         "memory_traffic",
         "max_memory_traffic",
         "bytes",
         "bytes read plus written by every op (no caching or fusion)",
-        False,
+    ),
+    Metric(
+        "latency_ms",
+        "max_latency_ms",
+        "ms",
+        "latency of one forward (median, or p90 with latency_stat)",
+        timed=True,
+    ),
+    Metric(
+        "throughput",
+        "min_throughput",
+        "rate",
+        "items per second (batch / latency)",
+        timed=True,
+        higher_is_better=True,
+    ),
+    Metric(
+        "memory", "max_memory", "bytes", "peak memory of one forward: CUDA allocator peak, or a CPU estimate"
+    ),
+    Metric(
+        "max_batch",
+        "min_max_batch",
+        "count",
+        "largest batch that fits in CUDA memory",
+        timed=True,
+        higher_is_better=True,
     ),
 )
 METRICS_BY_NAME = {m.name: m for m in METRICS}
@@ -51,19 +95,59 @@ METRICS_BY_KEYWORD = {m.keyword: m for m in METRICS}
 RATCHETED = tuple(m.name for m in METRICS if m.ratcheted)
 
 TOLERANCE_KEYWORD = "tolerance"
-KEYWORDS: tuple[str, ...] = (*METRICS_BY_KEYWORD, TOLERANCE_KEYWORD)
+
+
+def _parse_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise UnitError(f"{value!r} is not True or False")
+    return value
+
+
+def _parse_stat(value: object) -> str:
+    if value not in ("median", "p90"):
+        raise UnitError(f"{value!r} is not 'median' or 'p90'")
+    return str(value)
+
+
+def _parse_device(value: object) -> str:
+    if not isinstance(value, str) or value.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
+        raise UnitError(f"{value!r} is not a device name such as 'cpu', 'cuda' or 'cuda:1'")
+    return value
+
+
+def _parse_positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnitError(f"{value!r} is not a whole number >= 1")
+    return value
+
+
+# Keywords that shape how a call is timed rather than limiting a metric.
+TIMING_OPTIONS: Mapping[str, Callable[[object], object]] = {
+    "timing": _parse_bool,  # time this call even without a timed limit (records a latency baseline)
+    "latency_stat": _parse_stat,
+    "latency_tolerance": parse_fraction,
+    "cuda_graph": _parse_bool,
+    "device": _parse_device,
+    "batch_size": _parse_positive_int,
+}
+KEYWORDS: tuple[str, ...] = (*METRICS_BY_KEYWORD, TOLERANCE_KEYWORD, *TIMING_OPTIONS)
 
 
 @dataclass(frozen=True)
 class Budget:
     """Limits written by a user (marker keywords or ``limits:`` in budgets.yaml)."""
 
-    limits: Mapping[str, float]  # metric name -> largest allowed value
+    limits: Mapping[str, float]  # metric name -> largest (or, for throughput, smallest) allowed value
     tolerance: float | None = None  # relative growth allowed over the baseline
+    timing: Mapping[str, Any] = field(default_factory=dict)  # TIMING_OPTIONS keywords
 
     @property
     def empty(self) -> bool:
-        return not self.limits and self.tolerance is None
+        return not self.limits and self.tolerance is None and not self.timing
+
+    @property
+    def wants_timing(self) -> bool:
+        return bool(self.timing.get("timing")) or any(METRICS_BY_NAME[m].timed for m in self.limits)
 
 
 def _suggest(keyword: str) -> str:
@@ -82,7 +166,14 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
         )
     limits: dict[str, float] = {}
     tolerance: float | None = None
+    timing: dict[str, Any] = {}
     for keyword, value in kwargs.items():
+        if keyword in TIMING_OPTIONS:
+            try:
+                timing[keyword] = TIMING_OPTIONS[keyword](value)
+            except UnitError as error:
+                raise BudgetSpecError(f"{keyword}={value!r}: {error}") from None
+            continue
         if keyword == TOLERANCE_KEYWORD:
             try:
                 tolerance = parse_fraction(value)
@@ -101,7 +192,7 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
         if limit <= 0:
             raise BudgetSpecError(f"{keyword}={value!r}: a limit must be greater than zero")
         limits[metric.name] = limit
-    return Budget(limits=limits, tolerance=tolerance)
+    return Budget(limits=limits, tolerance=tolerance, timing=timing)
 
 
 @dataclass(frozen=True)
@@ -112,8 +203,9 @@ class Check:
     measured: float
     reference: float
     source: str  # "marker", "budgets.yaml limits" or "baseline"
-    status: str  # "ok", "over" or "shrank"
+    status: str  # "ok", "over", "shrank" or "inconclusive"
     tolerance: float = 0.0
+    note: str = ""  # why a timing verdict is inconclusive, and what to do
 
     @property
     def failed(self) -> bool:
@@ -124,18 +216,29 @@ class Check:
         return self.source == "baseline"
 
     @property
+    def usage(self) -> float:
+        """How much of the budget is used: above 1 means over (inverted for minimums)."""
+        metric = METRICS_BY_NAME[self.metric]
+        if metric.higher_is_better:
+            return self.reference / self.measured if self.measured else float("inf")
+        return self.measured / self.reference if self.reference else float("inf")
+
+    @property
     def change(self) -> str:
         return format_change(self.measured, self.reference)
 
     def describe(self) -> str:
         """``macs 1.46 M > baseline 1.33 M (+9.9%)``, with units."""
         metric = METRICS_BY_NAME[self.metric]
-        relation = {"over": ">", "shrank": "<"}.get(self.status, "<=")
+        relation = {"over": ">", "shrank": "<", "inconclusive": "~>"}.get(self.status, "<=")
+        if self.status == "over" and metric.higher_is_better:
+            relation = "<"
         what = "baseline" if self.is_baseline else f"limit ({self.source})"
         allowed = f", tolerance {self.tolerance:.0%}" if self.is_baseline and self.tolerance else ""
+        note = f"; inconclusive: {self.note}" if self.note else ""
         return (
             f"{self.metric} {metric.format(self.measured)} {relation} {what} "
-            f"{metric.format(self.reference)} ({self.change}{allowed})"
+            f"{metric.format(self.reference)} ({self.change}{allowed}){note}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +249,7 @@ class Check:
             "source": self.source,
             "status": self.status,
             "tolerance": self.tolerance,
+            "note": self.note,
         }
 
     @classmethod
@@ -156,7 +260,13 @@ class Check:
 def check_limits(measured: Mapping[str, float], budget: Budget, source: str) -> list[Check]:
     """Hard limits: over when the measured value exceeds the limit."""
     return [
-        Check(metric, measured[metric], limit, source, "over" if measured[metric] > limit else "ok")
+        Check(
+            metric,
+            measured[metric],
+            limit,
+            source,
+            "over" if METRICS_BY_NAME[metric].exceeds(measured[metric], limit) else "ok",
+        )
         for metric, limit in budget.limits.items()
         if metric in measured
     ]

@@ -10,22 +10,22 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from . import baselines, budgets, report
-from .errors import BaselineFileError, BudgetSpecError, MeasurementError
-from .results import NAME_SEPARATOR, CallResult, Measurement, belongs_to, entry_key, shallow_modules
-
-if TYPE_CHECKING:
-    from .counting import Counts
+from .errors import BaselineFileError, BudgetSpecError, MeasurementError, UnitError
+from .measure import CallSettings, measure_call
+from .results import NAME_SEPARATOR, CallResult, Measurement, belongs_to, entry_key
+from .timing import TimingSettings
+from .units import parse_fraction
 
 MARKER = "model_budget"
-MODULE_DEPTH = 2  # levels of the module tree kept in budgets.yaml for failure messages
 _WORKER_OUTPUT_KEY = "modelbudget"
 _WORKER_INPUT_KEY = "modelbudget_baselines"
 
@@ -38,6 +38,7 @@ class Settings:
     update: bool
     budgets_file: Path
     strict: bool
+    call: CallSettings
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -47,42 +48,107 @@ CALLS_KEY = pytest.StashKey[list[str]]()
 MARKER_ERROR_KEY = pytest.StashKey[str]()
 
 
+class ModelBudgetWarning(pytest.PytestWarning):
+    """A timing verdict that noise or a slow machine makes inconclusive."""
+
+
+# (option, ini name, ini type, default, help). Each is a CLI flag with an ini twin; the
+# command line wins. Defaults live here, once.
+_OPTIONS: tuple[tuple[str, str, str, object, str], ...] = (
+    (
+        "--model-budget",
+        "model_budget",
+        "bool",
+        False,
+        "measure models in tests marked model_budget and enforce their budgets",
+    ),
+    (
+        "--budgets-file",
+        "budgets_file",
+        "string",
+        "budgets.yaml",
+        "baseline file (default: budgets.yaml in the rootdir)",
+    ),
+    (
+        "--budget-strict",
+        "budget_strict",
+        "bool",
+        False,
+        "fail calls without a baseline, with uncounted ops, or with inconclusive timing",
+    ),
+    (
+        "--budget-no-timing",
+        "budget_no_timing",
+        "bool",
+        False,
+        "count only: skip timing budgets (latency, throughput, GPU memory)",
+    ),
+    (
+        "--budget-device",
+        "budget_device",
+        "string",
+        "",
+        "time on this device (cpu, cuda, cuda:1) instead of the model's own",
+    ),
+    (
+        "--budget-threads",
+        "budget_threads",
+        "string",
+        "1",
+        "CPU threads while timing (recorded in the device fingerprint)",
+    ),
+    ("--budget-time", "budget_time", "string", "1.5", "seconds to spend on one timing measurement"),
+    (
+        "--budget-cuda-graphs",
+        "budget_cuda_graphs",
+        "bool",
+        False,
+        "time CUDA-graph replays instead of eager calls",
+    ),
+    (
+        "--budget-latency-stat",
+        "budget_latency_stat",
+        "string",
+        "median",
+        "latency statistic judged: median or p90",
+    ),
+    (
+        "--budget-latency-tolerance",
+        "budget_latency_tolerance",
+        "string",
+        "10%",
+        "slowdown over the latency baseline allowed before failing",
+    ),
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("model-budget", "model budgets (pytest-modelbudget)")
-    group.addoption(
-        "--model-budget",
-        action="store_true",
-        default=None,
-        help="measure models in tests marked model_budget and fail those over budget",
-    )
-    group.addoption(
-        "--update-budgets",
-        action="store_true",
-        default=False,
-        help="write measured values as the new baselines in the budgets file (implies --model-budget)",
-    )
-    group.addoption(
-        "--budgets-file",
-        default=None,
-        metavar="PATH",
-        help="baseline file to read and update (default: budgets.yaml in the rootdir)",
-    )
-    group.addoption(
-        "--budget-strict",
-        action="store_true",
-        default=None,
-        help="fail budgeted calls that have no baseline or that run ops the counter cannot count",
-    )
-    parser.addini(
-        "model_budget", "measure and enforce model budgets on every run", type="bool", default=False
-    )
-    parser.addini("budgets_file", "baseline file, relative to the rootdir", default="budgets.yaml")
-    parser.addini("budget_strict", "as --budget-strict", type="bool", default=False)
+    for flag, ini, kind, default, help_text in _OPTIONS:
+        dest = ini
+        if kind == "bool":
+            group.addoption(
+                flag, action="store_true", default=None, dest=dest, help=f"{help_text} [ini: {ini}]"
+            )
+            parser.addini(ini, help_text, type="bool", default=default)
+        else:
+            group.addoption(flag, default=None, dest=dest, metavar="VALUE", help=f"{help_text} [ini: {ini}]")
+            parser.addini(ini, help_text, default=str(default))
+        if flag == "--model-budget":
+            group.addoption(
+                "--update-budgets",
+                action="store_true",
+                default=False,
+                help="write measured values as the new baselines (implies --model-budget)",
+            )
 
 
 def _resolve_settings(config: pytest.Config) -> Settings:
+    def value(name: str) -> Any:
+        cli = config.getoption(name)
+        return config.getini(name) if cli is None else cli
+
     update = bool(config.getoption("update_budgets"))
-    enabled = update or bool(_option_or_ini(config, "model_budget"))
     cli_path = config.getoption("budgets_file")
     if cli_path:
         path = Path(cli_path)
@@ -90,25 +156,59 @@ def _resolve_settings(config: pytest.Config) -> Settings:
     else:
         base = config.inipath.parent if config.inipath else config.rootpath
         path = base / str(config.getini("budgets_file"))
+    try:
+        call = CallSettings(
+            update=update,
+            strict=bool(value("budget_strict")),
+            timing_enabled=not value("budget_no_timing"),
+            timing=TimingSettings(
+                device=budgets.TIMING_OPTIONS["device"](value("budget_device"))
+                if value("budget_device")
+                else None,
+                threads=_positive_int(value("budget_threads"), "--budget-threads"),
+                time_budget_s=_positive_float(value("budget_time"), "--budget-time"),
+                cuda_graph=bool(value("budget_cuda_graphs")),
+            ),
+            latency_stat=str(budgets.TIMING_OPTIONS["latency_stat"](value("budget_latency_stat"))),
+            latency_tolerance=parse_fraction(value("budget_latency_tolerance")),
+        )
+    except UnitError as error:
+        raise pytest.UsageError(f"pytest-modelbudget: {error}") from None
     return Settings(
-        enabled=enabled,
+        enabled=update or bool(value("model_budget")),
         update=update,
         budgets_file=path,
-        strict=bool(_option_or_ini(config, "budget_strict")),
+        strict=call.strict,
+        call=call,
     )
 
 
-def _option_or_ini(config: pytest.Config, name: str) -> object:
-    value = config.getoption(name)
-    return config.getini(name) if value is None else value
+def _positive_int(text: object, option: str) -> int:
+    try:
+        number = int(str(text))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UnitError(f"{option}={text!r}: expected a whole number >= 1")
+    return number
+
+
+def _positive_float(text: object, option: str) -> float:
+    try:
+        number = float(str(text))
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise UnitError(f"{option}={text!r}: expected a number of seconds > 0")
+    return number
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(max_macs=, max_flops=, max_params=, max_size=, max_memory_traffic=, tolerance=): "
+        f"{MARKER}({', '.join(k + '=' for k in budgets.KEYWORDS)}): "
         "budget for the models this test measures with the model_budget fixture "
-        "(numbers or strings like '4.1G', '25M', '1.5 GB'); enforced with --model-budget",
+        "(numbers or strings like '4.1G', '25M', '1.5 GB', '12ms'); enforced with --model-budget",
     )
     settings = _resolve_settings(config)
     config.stash[SETTINGS_KEY] = settings
@@ -375,8 +475,7 @@ class ModelBudget:
         if self._session is None:
             model(*args, **kwargs)
             return None
-        counts = self._count(model, args, kwargs, key)
-        return self._judge(counts, name, key)
+        return self._measure(model, args, kwargs, name, key)
 
     def _register_call(self, name: str | None) -> str:
         __tracebackhide__ = True
@@ -396,67 +495,51 @@ class ModelBudget:
         calls.append(key)
         return key
 
-    def _count(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Counts:
-        __tracebackhide__ = True
-        from .counting import count  # imports torch: only when a model is measured
-
-        try:
-            return count(model, args, kwargs)
-        except MeasurementError as error:
-            raise pytest.fail.Exception(f"model_budget: {error}", pytrace=False) from None
-        except Exception as error:
-            raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
-
-    def _judge(self, counts: Counts, name: str | None, key: str) -> Measurement:
+    def _measure(
+        self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None, key: str
+    ) -> Measurement:
         __tracebackhide__ = True
         session = self._session
         assert session is not None
-        entry = session.entries.get(key)
-        measured = {
-            "macs": counts.macs,
-            "flops": counts.flops,
-            "params": counts.params,
-            "size": counts.size_bytes,
-            "memory_traffic": counts.memory_traffic,
-        }
-        marker = self._item.stash.get(BUDGET_KEY, budgets.Budget(limits={}))
-        has_baseline = entry is not None and bool(entry.metrics)
-        checks = tuple(
-            budgets.check(
-                measured,
-                marker=marker,
-                file_limits=entry.budget if entry else None,
-                baseline=entry.metrics if entry is not None and has_baseline else None,
+        try:
+            outcome = measure_call(
+                model,
+                args,
+                kwargs,
+                nodeid=self._item.nodeid,
+                name=name,
+                marker=self._item.stash.get(BUDGET_KEY, budgets.Budget(limits={})),
+                entry=session.entries.get(key),
+                settings=self._settings.call,
+                budgets_file=session.display_path,
+                progress=self._progress(),
             )
-        )
-        result = CallResult(
-            nodeid=self._item.nodeid,
-            name=name,
-            metrics=measured,
-            modules=shallow_modules(counts.by_module(MODULE_DEPTH)),
-            uncounted=dict(counts.uncounted),
-            convention=counts.convention,
-            executed_on=counts.executed_on,
-            checks=checks,
-            baseline_modules=entry.modules if entry else {},
-            has_baseline=has_baseline,
-            updating=self._settings.update,
-        )
-        session.results.append(result)
-        self._item.user_properties.append((f"model_budget:{key}", json.dumps(measured)))
-        problems = list(report.failure_lines(result, session.display_path)) if result.failed_checks else []
-        if self._settings.strict and not self._settings.update:
-            if not has_baseline:
-                problems.append(
-                    f"--budget-strict: {key} has no baseline in {session.display_path}; "
-                    "record one with pytest --model-budget --update-budgets"
-                )
-            if counts.uncounted:
-                ops = ", ".join(f"{op} x{n}" for op, n in counts.uncounted.items())
-                problems.append(f"--budget-strict: ops with arithmetic the counter cannot count: {ops}")
-        if problems:
-            raise pytest.fail.Exception("\n".join(problems), pytrace=False)
-        return Measurement(key=key, counts=counts, checks=checks)
+        except MeasurementError as error:
+            raise pytest.fail.Exception(f"model_budget: {error}", pytrace=False) from None
+        except Exception as error:  # the model's own error, shown as such
+            raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
+        session.results.append(outcome.result)
+        self._item.user_properties.append((f"model_budget:{key}", json.dumps(dict(outcome.result.metrics))))
+        for message in outcome.warnings:
+            warnings.warn(ModelBudgetWarning(message), stacklevel=3)
+        if outcome.failures:
+            raise pytest.fail.Exception("\n".join(outcome.failures), pytrace=False)
+        return outcome.measurement
+
+    def _progress(self) -> Callable[[str], None] | None:
+        """With -v, long measurements say what they are doing."""
+        config = self._item.config
+        if config.get_verbosity() < 1:
+            return None
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return None
+        nodeid = self._item.nodeid
+
+        def say(message: str) -> None:
+            reporter.write_line(f"  [model_budget] {nodeid}: {message}")
+
+        return say
 
 
 def _forward_error(error: BaseException, key: str) -> str:

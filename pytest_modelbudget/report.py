@@ -11,9 +11,14 @@ from dataclasses import dataclass
 
 from .budgets import METRICS_BY_NAME, Check
 from .results import CallResult
-from .units import format_change, format_count
+from .units import format_change, format_count, format_duration
 
 _MODULES_SHOWN = 3
+
+TIMING_HINT = (
+    "To decide, give the measurement more time (--budget-time), time a CUDA graph "
+    "(cuda_graph=True) on GPU, use a larger batch, or run on a quieter machine"
+)
 
 
 def update_command(nodeid: str) -> str:
@@ -77,8 +82,7 @@ class UpdateSummary:
 
 
 def _worst(checks: Iterable[Check]) -> Check | None:
-    ranked = [c for c in checks if c.reference > 0]
-    return max(ranked, key=lambda c: c.measured / c.reference, default=None)
+    return max(checks, key=lambda c: c.usage, default=None)
 
 
 def summary_lines(
@@ -90,7 +94,17 @@ def summary_lines(
     update: UpdateSummary | None,
 ) -> Iterator[str]:
     """The table printed after the run: one row per measured call, then totals."""
-    headers = ("test", "MACs", "params", "size", "closest budget", "change", "verdict")
+    timed = any(r.timing for r in results)
+    headers = (
+        "test",
+        "MACs",
+        "params",
+        "size",
+        *(("latency",) if timed else ()),
+        "closest budget",
+        "change",
+        "verdict",
+    )
     rows = []
     for result in sorted(results, key=lambda r: r.key):
         worst = _worst(result.checks)
@@ -106,6 +120,7 @@ def summary_lines(
                 format_count(result.metrics["macs"]),
                 format_count(result.metrics["params"]),
                 METRICS_BY_NAME["size"].format(result.metrics["size"]),
+                *((_latency(result),) if timed else ()),
                 closest,
                 change,
                 result.verdict,
@@ -119,7 +134,11 @@ def summary_lines(
     counts: dict[str, int] = {}
     for result in results:
         counts[result.verdict] = counts.get(result.verdict, 0) + 1
-    parts = [f"{counts[v]} {v}" for v in ("ok", "over", "shrank", "new", "updated") if counts.get(v)]
+    parts = [
+        f"{counts[v]} {v}"
+        for v in ("ok", "over", "inconclusive", "shrank", "new", "updated")
+        if counts.get(v)
+    ]
     yield f"{len(results)} measured call(s): " + (", ".join(parts) if parts else "none")
     uncounted = _uncounted(results)
     if uncounted:
@@ -145,6 +164,13 @@ def summary_lines(
         else:
             yield f"{noun} in {budgets_file} (no such test): " + ", ".join(stale)
             yield "  stale entries are removed only by --update-budgets over the whole suite"
+
+
+def _latency(result: CallResult) -> str:
+    if not result.timing:
+        return "-"
+    spread = result.timing["iqr_ms"] / result.timing["median_ms"] if result.timing["median_ms"] else 0.0
+    return f"{format_duration(result.timing['median_ms'])} ±{spread:.0%}"
 
 
 def _uncounted(results: Iterable[CallResult]) -> Mapping[str, int]:

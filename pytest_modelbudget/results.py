@@ -16,6 +16,7 @@ from .budgets import RATCHETED, Check
 
 if TYPE_CHECKING:
     from .counting import Counts
+    from .timing import TimingStats
 
 NAME_SEPARATOR = "#"
 
@@ -43,6 +44,8 @@ class CallResult:
     baseline_modules: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     has_baseline: bool = False
     updating: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
+    timing: Mapping[str, Any] | None = None  # TimingStats.to_dict() of the best measurement
+    probes: Mapping[str, float] = field(default_factory=dict)  # machine speed, for the baseline
 
     @property
     def key(self) -> str:
@@ -54,9 +57,11 @@ class CallResult:
 
     @property
     def verdict(self) -> str:
-        """One word for the summary: over, new, shrank, updated or ok."""
+        """One word for the summary: over, inconclusive, new, shrank, updated or ok."""
         if self.failed_checks:
             return "over"
+        if any(c.status == "inconclusive" and not (self.updating and c.is_baseline) for c in self.checks):
+            return "inconclusive"
         baseline_changed = any(c.status != "ok" for c in self.checks if c.is_baseline)
         if self.updating:
             return "updated" if baseline_changed or not self.has_baseline else "ok"
@@ -66,10 +71,26 @@ class CallResult:
 
     def baseline_entry(self) -> Entry:
         """What --update-budgets stores for this call."""
+        timing = {}
+        if self.timing:
+            stats = {
+                "median_ms": self.timing["median_ms"],
+                "p90_ms": self.timing["p90_ms"],
+                "spread": self.timing["iqr_ms"] / self.timing["median_ms"]
+                if self.timing["median_ms"]
+                else 0.0,
+                "samples": self.timing["samples"],
+            }
+            if self.timing.get("peak_memory") is not None:
+                stats["peak_memory"] = self.timing["peak_memory"]
+            if self.probes:
+                stats["probes"] = dict(self.probes)
+            timing[self.timing["fingerprint"]] = stats
         return Entry(
             metrics={m: int(self.metrics[m]) for m in RATCHETED if m in self.metrics},
             modules=self.modules,
             convention=self.convention,
+            timing=timing,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +106,8 @@ class CallResult:
             "baseline_modules": {k: dict(v) for k, v in self.baseline_modules.items()},
             "has_baseline": self.has_baseline,
             "updating": self.updating,
+            "timing": dict(self.timing) if self.timing else None,
+            "probes": dict(self.probes),
         }
 
     @classmethod
@@ -101,6 +124,8 @@ class CallResult:
             baseline_modules={k: dict(v) for k, v in data["baseline_modules"].items()},
             has_baseline=bool(data["has_baseline"]),
             updating=bool(data["updating"]),
+            timing=data["timing"],
+            probes=dict(data["probes"]),
         )
 
 
@@ -120,6 +145,11 @@ class Measurement:
     key: str
     counts: Counts
     checks: tuple[Check, ...]
+    timing: TimingStats | None = None  # only when the budget asked for timing
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.timing.median_ms if self.timing else None
 
     @property
     def macs(self) -> int:

@@ -44,7 +44,11 @@ _BYTE_UNITS: dict[str, float] = {
 
 _NUMBER_WITH_UNIT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
 
+_DURATION_UNITS: dict[str, float] = {"": 1.0, "MS": 1.0, "S": 1e3, "US": 1e-3, "NS": 1e-6}
+
 COUNT_FORMAT = "a number or a string with an SI suffix, e.g. 1329000, '4.1G', '25M', '300k'"
+DURATION_FORMAT = "milliseconds as a number, or a string with a unit, e.g. 12, '12ms', '1.5s', '300us'"
+RATE_FORMAT = "items per second as a number or a string, e.g. 250, '1.2k', '1.2k/s'"
 BYTES_FORMAT = "a number of bytes or a string with a unit, e.g. '1.5 GB', '300 MiB', '512 KB'"
 FRACTION_FORMAT = "a non-negative number (0.05) or a percentage string ('5%')"
 
@@ -90,6 +94,32 @@ def parse_bytes(value: object) -> float:
     return _check_number(value, BYTES_FORMAT)
 
 
+def parse_duration_ms(value: object) -> float:
+    """A duration in milliseconds: ``12``, ``"12ms"``, ``"1.5 s"``, ``"300us"``."""
+    if isinstance(value, str):
+        parts = _split(value.replace("µ", "u"))
+        unit = parts[1].upper() if parts is not None else ""
+        if parts is None or unit not in _DURATION_UNITS:
+            raise UnitError(f"{value!r} is not {DURATION_FORMAT}")
+        return _check_number(parts[0] * _DURATION_UNITS[unit], DURATION_FORMAT)
+    return _check_number(value, DURATION_FORMAT)
+
+
+def parse_rate(value: object) -> float:
+    """Items per second: ``250``, ``"1.2k"``, ``"1.2k/s"``."""
+    if isinstance(value, str):
+        text = value.strip()
+        text = text[: -len("/s")] if text.endswith("/s") else text
+        try:
+            return parse_count(text)
+        except UnitError:
+            raise UnitError(f"{value!r} is not {RATE_FORMAT}") from None
+    try:
+        return parse_count(value)
+    except UnitError:
+        raise UnitError(f"{value!r} is not {RATE_FORMAT}") from None
+
+
 def parse_fraction(value: object) -> float:
     """A relative tolerance: ``0.05`` or ``"5%"``; must be >= 0."""
     if isinstance(value, str):
@@ -127,6 +157,19 @@ def format_bytes(value: float) -> str:
         if magnitude >= scale:
             return f"{value / scale:.3g} {suffix}"
     return f"{value:.0f} B"
+
+
+def format_duration(ms: float) -> str:
+    """``0.4412`` -> ``"441 us"``; ``102.3`` -> ``"102 ms"``; ``2500`` -> ``"2.5 s"``."""
+    if ms >= 1e3:
+        return f"{ms / 1e3:.3g} s"
+    if ms >= 1:
+        return f"{ms:.3g} ms"
+    return f"{ms * 1e3:.3g} us"
+
+
+def format_rate(per_second: float) -> str:
+    return f"{format_count(per_second)}/s"
 
 
 def format_change(measured: float, reference: float) -> str:

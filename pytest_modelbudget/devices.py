@@ -1,0 +1,138 @@
+"""Where timing happens: device fingerprints, a per-device lock, machine-speed probes.
+
+* A *fingerprint* names the kind of device a timing baseline belongs to (GPU name, or
+  CPU model and thread count, plus dtype and mode). Baselines are compared only on the
+  same fingerprint.
+* The *device lock* is a cross-process file lock per device on this host, so pytest-xdist
+  workers never time on the same device at once (counting stays parallel).
+* *Probes* are tiny fixed workloads timed next to the model. Shared CI machines go
+  through slow periods in which all work slows down; when the probes slowed as much as
+  the model did, the machine explains the slowdown and the verdict is "inconclusive",
+  not a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import torch
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. ``AMD EPYC 7B13``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def fingerprint(device: torch.device, *, threads: int, dtype: torch.dtype, mode: str) -> str:
+    """``cpu | AMD EPYC 7B13 | 1 thread | float32 | eager``; the key of timing baselines."""
+    kind = str(dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"cuda | {name} | {kind} | {mode}"
+    if device.type == "cpu":
+        plural = "thread" if threads == 1 else "threads"
+        return f"cpu | {cpu_model()} | {threads} {plural} | {kind} | {mode}"
+    return f"{device.type} | {kind} | {mode}"
+
+
+def _lock_path(device: torch.device) -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(device))
+    return Path(tempfile.gettempdir()) / f"pytest-modelbudget-{uid}-{name}.lock"
+
+
+@contextmanager
+def device_lock(device: torch.device) -> Iterator[None]:
+    """Exclusive use of ``device`` for timing among the processes of this host."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; timings may overlap under xdist
+        yield
+        return
+    fd = os.open(_lock_path(device), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _probe_matmul() -> Callable[[], object]:
+    a = torch.randn(192, 192)
+    return lambda: torch.mm(a, a)
+
+
+def _probe_copy() -> Callable[[], object]:
+    src = torch.empty(2**21)  # 8 MiB: past most L2 caches
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)
+
+
+def _probe_python() -> Callable[[], object]:
+    def loop() -> int:
+        total = 0
+        for i in range(20_000):
+            total += i * i
+        return total
+
+    return lambda: loop()
+
+
+PROBES: Mapping[str, Callable[[], Callable[[], object]]] = {
+    "matmul": _probe_matmul,
+    "copy": _probe_copy,
+    "python": _probe_python,
+}
+
+
+def measure_probes(repeats: int = 15) -> dict[str, float]:
+    """Milliseconds of each probe at one thread: the minimum of ``repeats`` runs.
+
+    The minimum, not the median: a probe should say how fast the machine can be right
+    now, without the odd interruption of a single run.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = {}
+        for name, make in PROBES.items():
+            work = make()
+            work()  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                work()
+                best = min(best, time.perf_counter() - start)
+            results[name] = best * 1e3
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
+def machine_slowdown(now: Mapping[str, float], then: Mapping[str, float]) -> float:
+    """How much slower the machine is now than when ``then`` was probed (1.0 = same).
+
+    The median of the per-probe ratios, so one probe hit by an interruption does not
+    decide; 1.0 when there is nothing to compare.
+    """
+    ratios = sorted(now[name] / then[name] for name in now if then.get(name))
+    if not ratios:
+        return 1.0
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2

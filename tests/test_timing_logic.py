@@ -1,0 +1,196 @@
+"""The timing core's statistics, adaptive loop and verdicts, with fake clocks and samples.
+
+Nothing here depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_modelbudget.devices import machine_slowdown
+from pytest_modelbudget.timing import (
+    LatencyBaseline,
+    TimingSettings,
+    TimingStats,
+    judge,
+    judge_limit,
+    measure_and_judge,
+    run_rounds,
+    summarize,
+)
+
+
+def stats(median: float, spread: float = 0.0) -> TimingStats:
+    return TimingStats(
+        median_ms=median,
+        p90_ms=median * (1 + spread),
+        min_ms=median * (1 - spread),
+        mean_ms=median,
+        iqr_ms=median * spread,
+        samples=20,
+        calls=200,
+        wall_s=1.0,
+    )
+
+
+def test_summarize_computes_order_statistics_in_ms() -> None:
+    samples = [i / 1000 for i in range(1, 11)]  # 1..10 ms
+    result = summarize(samples, calls=10, wall_s=0.5)
+    assert result.median_ms == pytest.approx(5.5)
+    assert result.min_ms == pytest.approx(1.0)
+    assert result.mean_ms == pytest.approx(5.5)
+    assert result.iqr_ms == pytest.approx(7.75 - 3.25)
+    assert result.p90_ms == pytest.approx(9.1)
+    assert (result.samples, result.calls, result.wall_s) == (10, 10, 0.5)
+    assert result.spread == pytest.approx(4.5 / 5.5)
+
+
+def test_throughput_uses_the_batch() -> None:
+    assert TimingStats(**{**stats(4.0).to_dict(), "batch_size": 8}).throughput == pytest.approx(2000.0)
+
+
+class FakeMachine:
+    """A forward that takes ``per_call`` seconds on a fake clock."""
+
+    def __init__(
+        self, per_call: float, first_call: float | None = None, jitter: list[float] | None = None
+    ) -> None:
+        self.now = 0.0
+        self.per_call = per_call
+        self.first_call = first_call
+        self.jitter = jitter or [0.0]
+        self.blocks: list[int] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def run_block(self, number: int) -> float:
+        self.blocks.append(number)
+        if self.first_call is not None and len(self.blocks) == 1:
+            elapsed = self.first_call
+        else:
+            elapsed = number * self.per_call * (1 + self.jitter[len(self.blocks) % len(self.jitter)])
+        self.now += elapsed
+        return elapsed
+
+
+def test_warm_up_is_excluded_and_blocks_are_calibrated() -> None:
+    machine = FakeMachine(per_call=0.001, first_call=5.0)  # a slow first call (lazy init)
+    result = run_rounds(machine.run_block, TimingSettings(time_budget_s=1.0), clock=machine.clock)
+    assert result.median_ms == pytest.approx(1.0)
+    assert result.min_ms == pytest.approx(1.0)  # the 5 s call is not a sample
+    assert machine.blocks[:2] == [1, 1]  # warm-up calls, one at a time
+    assert set(machine.blocks[2:]) == {10}  # 10 ms blocks of 1 ms calls
+
+
+def test_a_quiet_measurement_stops_early_at_the_minimum_sample_count() -> None:
+    machine = FakeMachine(per_call=0.001)
+    result = run_rounds(
+        machine.run_block, TimingSettings(time_budget_s=100.0, min_samples=10), clock=machine.clock
+    )
+    assert result.samples == 10
+
+
+def test_a_noisy_measurement_runs_until_the_time_budget() -> None:
+    machine = FakeMachine(per_call=0.001, jitter=[0.0, 0.5, -0.3, 0.9])
+    result = run_rounds(
+        machine.run_block, TimingSettings(time_budget_s=2.0, precision=0.001), clock=machine.clock
+    )
+    assert result.wall_s == pytest.approx(2.0, abs=0.05)
+    assert result.samples > 100
+    assert result.spread > 0.1
+
+
+def test_a_slow_model_still_gets_three_samples() -> None:
+    machine = FakeMachine(per_call=5.0)
+    result = run_rounds(machine.run_block, TimingSettings(time_budget_s=1.0), clock=machine.clock)
+    assert result.samples == 3 and machine.blocks == [1, 1, 1, 1, 1]
+
+
+def test_progress_is_reported() -> None:
+    machine = FakeMachine(per_call=0.001)
+    lines: list[str] = []
+    run_rounds(machine.run_block, TimingSettings(), clock=machine.clock, progress=lines.append)
+    assert lines[0].startswith("warm-up ") and "blocks of 10" in lines[0]
+    assert "samples of 10 calls" in lines[1] and "median 1 ms" in lines[1]
+
+
+BASE = LatencyBaseline(median_ms=10.0, p90_ms=12.0, spread=0.02, probes={"matmul": 1.0, "copy": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("medians", "spread", "slowdown", "expected"),
+    [
+        ([10.5], 0.01, None, "ok"),  # +5%: within the 10% tolerance
+        ([9.0], 0.01, None, "ok"),  # faster
+        ([13.0], 0.01, None, "over"),  # +30%, quiet: a regression
+        ([11.5], 0.08, None, "inconclusive"),  # +15% but the run itself spreads 8%
+        ([13.0, 10.2], 0.01, None, "ok"),  # a re-measurement was fine: the first was interference
+        ([13.0], 0.01, 1.3, "inconclusive"),  # the machine's probes slowed by 30% too
+        ([35.0], 0.01, 1.3, "over"),  # +250%: more than the machine explains
+        ([13.0], 0.01, 1.02, "over"),  # the machine is as fast as before
+    ],
+)
+def test_judge(medians: list[float], spread: float, slowdown: float | None, expected: str) -> None:
+    verdict = judge([stats(m, spread) for m in medians], BASE, tolerance=0.10, slowdown=slowdown)
+    assert verdict.status == expected
+    assert verdict.measured_ms == min(medians)
+    if expected == "inconclusive":
+        assert verdict.reason
+
+
+def test_judge_p90() -> None:
+    verdict = judge([stats(10.0, 0.3)], BASE, tolerance=0.10, stat="p90")
+    assert (verdict.measured_ms, verdict.reference_ms) == (13.0, 12.0)
+
+
+@pytest.mark.parametrize(
+    ("median", "spread", "expected"),
+    [(4.0, 0.0, "ok"), (5.0, 0.0, "ok"), (6.0, 0.01, "over"), (5.2, 0.05, "inconclusive")],
+)
+def test_judge_limit(median: float, spread: float, expected: str) -> None:
+    assert judge_limit([stats(median, spread)], 5.0).status == expected
+
+
+def test_remeasures_only_while_something_looks_slow_then_probes() -> None:
+    medians = iter([13.0, 13.5, 13.2])
+    probed: list[int] = []
+
+    def probe() -> dict[str, float]:
+        probed.append(1)
+        return {"matmul": 1.3, "copy": 1.25}
+
+    measurements, verdicts, slowdown = measure_and_judge(
+        lambda: stats(next(medians), 0.01),
+        limits_ms=[],
+        baseline=BASE,
+        tolerance=0.1,
+        stat="median",
+        probe=probe,
+    )
+    assert len(measurements) == 3  # one, then two re-measurements
+    assert probed == [1]
+    assert slowdown == pytest.approx(1.275)
+    assert [v.status for v in verdicts] == ["inconclusive"]
+
+
+def test_a_fine_measurement_is_taken_once() -> None:
+    calls: list[int] = []
+
+    def measure() -> TimingStats:
+        calls.append(1)
+        return stats(10.0)
+
+    _, verdicts, slowdown = measure_and_judge(
+        measure, limits_ms=[50.0], baseline=BASE, tolerance=0.1, stat="median", probe=lambda: {}
+    )
+    assert calls == [1] and slowdown is None
+    assert [v.status for v in verdicts] == ["ok", "ok"]
+
+
+def test_machine_slowdown_is_the_median_ratio() -> None:
+    assert machine_slowdown({"a": 2.0, "b": 1.1, "c": 1.2}, {"a": 1.0, "b": 1.0, "c": 1.0}) == pytest.approx(
+        1.2
+    )
+    assert machine_slowdown({"a": 2.0, "b": 1.0}, {"a": 1.0, "b": 1.0}) == pytest.approx(1.5)
+    assert machine_slowdown({"a": 2.0}, {}) == 1.0
