@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported only where it is used: the report needs cpu_model() alone
+    import torch
 
 
 @cache
@@ -40,6 +42,8 @@ def cpu_model() -> str:
 
 def fingerprint(device: torch.device, *, threads: int, dtype: torch.dtype, mode: str) -> str:
     """``cpu | AMD EPYC 7B13 | 1 thread | float32 | eager``; the key of timing baselines."""
+    import torch
+
     kind = str(dtype).removeprefix("torch.")
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -74,11 +78,15 @@ def device_lock(device: torch.device) -> Iterator[None]:
 
 
 def _probe_matmul() -> Callable[[], object]:
+    import torch
+
     a = torch.randn(192, 192)
     return lambda: torch.mm(a, a)
 
 
 def _probe_copy() -> Callable[[], object]:
+    import torch
+
     src = torch.empty(2**21)  # 8 MiB: past most L2 caches
     dst = torch.empty_like(src)
     return lambda: dst.copy_(src)
@@ -107,6 +115,8 @@ def measure_probes(repeats: int = 15) -> dict[str, float]:
     The minimum, not the median: a probe should say how fast the machine can be right
     now, without the odd interruption of a single run.
     """
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

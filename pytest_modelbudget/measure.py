@@ -84,6 +84,11 @@ def measure_call(
         measured.update(latency_ms=timing.median_ms, throughput=timing.throughput)
         if timing.peak_memory is not None:
             measured["memory"] = timing.peak_memory
+            checks += _memory_checks(measured, marker, file_budget)
+        batch_checks = _max_batch_checks(model, args, kwargs, marker, file_budget, settings)
+        if batch_checks:
+            measured["max_batch"] = batch_checks[0].measured
+            checks += batch_checks
     result = CallResult(
         nodeid=nodeid,
         name=name,
@@ -197,6 +202,41 @@ def _time_and_judge(
     # Probes go into the baseline next to the timing they describe.
     probes = measure_probes() if settings.update else {}
     return best, checks, probes
+
+
+def _memory_checks(measured: Mapping[str, float], marker: Budget, file_budget: Budget | None) -> list[Check]:
+    # Only now is the peak known; the counting checks ran before timing.
+    memory_only = [
+        (source, Budget(limits={"memory": budget.limits["memory"]}))
+        for source, budget in (("marker", marker), ("budgets.yaml limits", file_budget))
+        if budget is not None and "memory" in budget.limits
+    ]
+    return [
+        check for source, budget in memory_only for check in budgets.check_limits(measured, budget, source)
+    ]
+
+
+def _max_batch_checks(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    marker: Budget,
+    file_budget: Budget | None,
+    settings: CallSettings,
+) -> list[Check]:
+    from .timing import max_batch
+
+    required = [
+        (source, budget.limits["max_batch"])
+        for source, budget in (("marker", marker), ("budgets.yaml limits", file_budget))
+        if budget is not None and "max_batch" in budget.limits
+    ]
+    if not required:
+        return []
+    options = {**(file_budget.timing if file_budget else {}), **marker.timing}
+    timing_settings = replace(settings.timing, device=options.get("device", settings.timing.device))
+    found = max_batch(model, args, kwargs, timing_settings, limit=int(4 * max(n for _, n in required)))
+    return [Check("max_batch", found, n, source, "over" if found < n else "ok") for source, n in required]
 
 
 def _limit_check(limit: tuple[str, str, float, float], verdict: TimingVerdict, best: TimingStats) -> Check:

@@ -8,6 +8,7 @@ measured (inside :class:`ModelBudget`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -39,6 +40,9 @@ class Settings:
     budgets_file: Path
     strict: bool
     call: CallSettings
+    json_report: Path | None = None
+    markdown_report: Path | None = None
+    html_report: Path | None = None
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -119,6 +123,21 @@ _OPTIONS: tuple[tuple[str, str, str, object, str], ...] = (
         "10%",
         "slowdown over the latency baseline allowed before failing",
     ),
+    (
+        "--budget-json",
+        "budget_json",
+        "string",
+        "",
+        "write every measurement, limit, baseline and verdict as JSON here",
+    ),
+    (
+        "--budget-markdown",
+        "budget_markdown",
+        "string",
+        "",
+        "write a Markdown summary here (and to GITHUB_STEP_SUMMARY)",
+    ),
+    ("--budget-html", "budget_html", "string", "", "write a self-contained HTML report here"),
 )
 
 
@@ -148,14 +167,19 @@ def _resolve_settings(config: pytest.Config) -> Settings:
         cli = config.getoption(name)
         return config.getini(name) if cli is None else cli
 
+    def path_option(name: str) -> Path | None:
+        # A command-line path is relative to where pytest was started; an ini path to the ini file.
+        cli = config.getoption(name)
+        if cli:
+            return Path(config.invocation_params.dir, cli)
+        ini = str(config.getini(name))
+        if not ini:
+            return None
+        return (config.inipath.parent if config.inipath else config.rootpath) / ini
+
     update = bool(config.getoption("update_budgets"))
-    cli_path = config.getoption("budgets_file")
-    if cli_path:
-        path = Path(cli_path)
-        path = path if path.is_absolute() else Path(config.invocation_params.dir) / path
-    else:
-        base = config.inipath.parent if config.inipath else config.rootpath
-        path = base / str(config.getini("budgets_file"))
+    path = path_option("budgets_file")
+    assert path is not None  # the ini option has a default
     try:
         call = CallSettings(
             update=update,
@@ -180,6 +204,9 @@ def _resolve_settings(config: pytest.Config) -> Settings:
         budgets_file=path,
         strict=call.strict,
         call=call,
+        json_report=path_option("budget_json"),
+        markdown_report=path_option("budget_markdown"),
+        html_report=path_option("budget_html"),
     )
 
 
@@ -289,6 +316,38 @@ class BudgetSession:
             return
         if self.settings.update and exitstatus != pytest.ExitCode.INTERRUPTED:
             self._write_baselines()
+        self._write_reports()
+
+    def _write_reports(self) -> None:
+        """JSON, Markdown and HTML reports, written once, by the controller."""
+        settings = self.settings
+        try:
+            if settings.json_report:
+                document = report.json_report(
+                    self.results, budgets_file=self.display_path, env=report.environment()
+                )
+                settings.json_report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            markdown = "\n".join(report.markdown_lines(self.results)) + "\n"
+            if settings.markdown_report:
+                settings.markdown_report.write_text(markdown, encoding="utf-8")
+            step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+            if step_summary and self.results:
+                # GitHub collects what each step appends to this file.
+                with open(step_summary, "a", encoding="utf-8") as handle:
+                    handle.write(markdown)
+            if settings.html_report:
+                from .html_report import render
+
+                html = render(
+                    [r.to_dict() for r in self.results],
+                    title="Model budgets",
+                    environment=report.environment(),
+                )
+                settings.html_report.write_text(html, encoding="utf-8")
+        except OSError as error:
+            raise pytest.UsageError(
+                f"pytest-modelbudget: cannot write a report to {error.filename}: {error.strerror}"
+            ) from None
 
     def stale_entries(self) -> list[str]:
         scope = self.scope
@@ -519,12 +578,23 @@ class ModelBudget:
         except Exception as error:  # the model's own error, shown as such
             raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
         session.results.append(outcome.result)
-        self._item.user_properties.append((f"model_budget:{key}", json.dumps(dict(outcome.result.metrics))))
+        self._item.user_properties.extend(report.junit_properties(outcome.result))
+        self._share_with_pytest_benchmark(outcome.result)
         for message in outcome.warnings:
             warnings.warn(ModelBudgetWarning(message), stacklevel=3)
         if outcome.failures:
             raise pytest.fail.Exception("\n".join(outcome.failures), pytrace=False)
         return outcome.measurement
+
+    def _share_with_pytest_benchmark(self, result: CallResult) -> None:
+        """A test that also uses pytest-benchmark gets the metrics in its extra_info."""
+        benchmark = getattr(self._item, "funcargs", {}).get("benchmark")
+        extra_info = getattr(benchmark, "extra_info", None)
+        if isinstance(extra_info, dict):
+            extra_info[f"model_budget:{result.key}" if result.name else "model_budget"] = {
+                **result.metrics,
+                "verdict": result.verdict,
+            }
 
     def _progress(self) -> Callable[[str], None] | None:
         """With -v, long measurements say what they are doing."""

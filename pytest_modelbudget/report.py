@@ -179,3 +179,112 @@ def _uncounted(results: Iterable[CallResult]) -> Mapping[str, int]:
         for op, n in result.uncounted.items():
             total[op] = total.get(op, 0) + n
     return dict(sorted(total.items()))
+
+
+# -- machine-readable and CI outputs ------------------------------------------------
+
+JSON_SCHEMA_VERSION = 1
+
+
+def environment() -> dict[str, str]:
+    """Versions and device of this run, without importing torch."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+    from .devices import cpu_model
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "plugin": __version__,
+        "torch": version("torch"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+    }
+
+
+def _verdict_counts(results: Sequence[CallResult]) -> dict[str, int]:
+    counts = {"ok": 0, "over": 0, "inconclusive": 0, "shrank": 0, "new": 0, "updated": 0}
+    for result in results:
+        counts[result.verdict] += 1
+    return counts
+
+
+def json_report(
+    results: Sequence[CallResult], *, budgets_file: str, env: Mapping[str, str]
+) -> dict[str, object]:
+    """The --budget-json document (schema in docs/reference.md)."""
+    calls = []
+    for result in sorted(results, key=lambda r: r.key):
+        calls.append(
+            {
+                "test": result.nodeid,
+                "name": result.name,
+                "key": result.key,
+                "verdict": result.verdict,
+                "device": result.timing["fingerprint"] if result.timing else result.executed_on,
+                "counted_on": result.executed_on,
+                "convention": result.convention,
+                "metrics": dict(result.metrics),
+                "checks": [
+                    {**c.to_dict(), "change": c.change, "usage": round(c.usage, 6)} for c in result.checks
+                ],
+                "modules": {k: dict(v) for k, v in result.modules.items()},
+                "uncounted": dict(result.uncounted),
+                "timing": dict(result.timing) if result.timing else None,
+            }
+        )
+    return {
+        "schema": "pytest-modelbudget-report",
+        "version": JSON_SCHEMA_VERSION,
+        "budgets_file": budgets_file,
+        "environment": dict(env),
+        "summary": {"calls": len(results), **_verdict_counts(results)},
+        "calls": calls,
+    }
+
+
+def _usage_bar(usage: float, width: int = 10) -> str:
+    filled = min(width, round(usage * width))
+    return "█" * filled + "░" * (width - filled) + f" {usage:.0%}"
+
+
+def markdown_lines(results: Sequence[CallResult], *, title: str = "Model budgets") -> Iterator[str]:
+    """A GitHub-flavoured Markdown summary: a headline and one row per measured call."""
+    counts = _verdict_counts(results)
+    within = counts["ok"] + counts["shrank"] + counts["new"] + counts["updated"]
+    yield f"### {title}"
+    yield ""
+    yield f"**{within} within budget, {counts['over']} over, {counts['inconclusive']} inconclusive**"
+    yield ""
+    yield "| test | metric | measured | limit / baseline | change | budget use | verdict |"
+    yield "| --- | --- | --- | --- | --- | --- | --- |"
+    for result in sorted(results, key=lambda r: r.key):
+        worst = _worst(result.checks)
+        if worst is None:
+            macs = format_count(result.metrics["macs"])
+            yield f"| `{result.key}` | macs | {macs} | - | - | - | {result.verdict} |"
+            continue
+        metric = METRICS_BY_NAME[worst.metric]
+        kind = "baseline" if worst.is_baseline else f"limit ({worst.source})"
+        yield (
+            f"| `{result.key}` | {worst.metric} | {metric.format(worst.measured)} | "
+            f"{kind} {metric.format(worst.reference)} | {worst.change} | {_usage_bar(worst.usage)} | "
+            f"{result.verdict} |"
+        )
+
+
+def junit_properties(result: CallResult) -> list[tuple[str, object]]:
+    """(name, value) pairs for --junitxml: each metric and the verdict of one call."""
+    prefix = "model_budget" + (f"[{result.name}]" if result.name else "")
+    properties: list[tuple[str, object]] = [
+        (f"{prefix}.{metric}", value) for metric, value in result.metrics.items()
+    ]
+    properties.append((f"{prefix}.verdict", result.verdict))
+    return properties

@@ -461,3 +461,78 @@ def fingerprint_for(model: Any, args: Sequence[Any], settings: TimingSettings) -
     threads = settings.threads if device.type == "cpu" else torch.get_num_threads()
     mode = "cuda-graph" if settings.cuda_graph else "eager"
     return fingerprint(device, threads=threads, dtype=_dtype_of(model, args), mode=mode)
+
+
+# -- largest batch that fits --------------------------------------------------------
+
+
+def search_max_batch(fits: Callable[[int], bool], *, start: int = 1, limit: int = 1 << 16) -> int:
+    """The largest batch for which ``fits(batch)`` holds: double until it fails, then bisect.
+
+    0 when not even ``start`` fits; ``limit`` caps the search (reaching it means "at least").
+    """
+    if not fits(start):
+        return 0
+    low, high = start, None
+    while high is None:
+        candidate = min(low * 2, limit)
+        if candidate == low:
+            return low
+        if fits(candidate):
+            low = candidate
+        else:
+            high = candidate
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def max_batch(
+    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], settings: TimingSettings, *, limit: int
+) -> int:
+    """Largest batch of the inputs' first row that fits one forward on the CUDA device.
+
+    Every tensor input is rebuilt with its leading dimension set to the batch. Out of
+    memory is caught and the memory released after each try.
+    """
+    import torch
+    from torch.utils._pytree import tree_map_only
+
+    from .counting import _Inventory, _model_left_as_it_was
+    from .devices import device_lock
+
+    device = torch.device(settings.device) if settings.device else model_device(model, args)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise MeasurementError(
+            f"min_max_batch needs a CUDA device, but the model runs on {device}: searching "
+            "CPU memory for out-of-memory would endanger the test process itself"
+        )
+
+    def fits(batch: int) -> bool:
+        def resized(tensor: torch.Tensor) -> torch.Tensor:
+            row = tensor[:1].to(device)
+            return row.expand(batch, *row.shape[1:]).contiguous()
+
+        try:
+            model(
+                *tree_map_only(torch.Tensor, resized, args),
+                **tree_map_only(torch.Tensor, resized, dict(kwargs)),
+            )
+            torch.cuda.synchronize(device)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    with (
+        device_lock(device),
+        _model_left_as_it_was(_Inventory.of(model), restore_values=True),
+        _on_device(model, device),
+        torch.inference_mode(),
+    ):
+        return search_max_batch(fits, limit=limit)

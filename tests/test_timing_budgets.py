@@ -7,8 +7,6 @@ call), so verdicts do not depend on this machine's speed.
 from __future__ import annotations
 
 import itertools
-import json
-
 import pytest
 from conftest import write_test
 
@@ -239,11 +237,3 @@ def test_verbose_progress_and_quiet_default(timed: pytest.Pytester) -> None:
     )
     result = timed.runpytest("--model-budget")
     assert "[model_budget]" not in result.stdout.str()
-
-
-def test_timing_goes_to_junit_properties(timed: pytest.Pytester) -> None:
-    write_test(timed, LATENCY_TESTS)
-    timed.runpytest("--model-budget", "--junitxml=out.xml").assert_outcomes(passed=2)
-    xml = (timed.path / "out.xml").read_text()
-    assert 'name="model_budget:test_model.py::test_latency"' in xml
-    assert "latency_ms" in xml and json.dumps("macs") in xml.replace("&quot;", '"')

@@ -8,14 +8,17 @@ from __future__ import annotations
 import pytest
 
 from pytest_modelbudget.devices import machine_slowdown
+from pytest_modelbudget.errors import MeasurementError
 from pytest_modelbudget.timing import (
     LatencyBaseline,
     TimingSettings,
     TimingStats,
     judge,
     judge_limit,
+    max_batch,
     measure_and_judge,
     run_rounds,
+    search_max_batch,
     summarize,
 )
 
@@ -194,3 +197,25 @@ def test_machine_slowdown_is_the_median_ratio() -> None:
     )
     assert machine_slowdown({"a": 2.0, "b": 1.0}, {"a": 1.0, "b": 1.0}) == pytest.approx(1.5)
     assert machine_slowdown({"a": 2.0}, {}) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("capacity", "limit", "expected"),
+    [(0, 1024, 0), (1, 1024, 1), (100, 1024, 100), (64, 1024, 64), (5000, 1024, 1024)],
+)
+def test_search_max_batch_finds_the_largest_fitting_batch(capacity: int, limit: int, expected: int) -> None:
+    tried: list[int] = []
+
+    def fits(batch: int) -> bool:
+        tried.append(batch)
+        return batch <= capacity
+
+    assert search_max_batch(fits, limit=limit) == expected
+    assert len(tried) <= 2 * max(1, capacity).bit_length() + 2  # doubling then bisection, not a scan
+
+
+def test_max_batch_refuses_cpu() -> None:
+    import torch
+
+    with pytest.raises(MeasurementError, match="min_max_batch needs a CUDA device"):
+        max_batch(torch.nn.Linear(2, 2), (torch.randn(1, 2),), {}, TimingSettings(device="cpu"), limit=8)
