@@ -316,5 +316,21 @@ def check(
 def keyword_table() -> list[tuple[str, str, str]]:
     """(keyword, unit, meaning) rows, for docs and error messages."""
     rows = [(m.keyword, m.unit, m.description) for m in METRICS]
-    rows.append((TOLERANCE_KEYWORD, "fraction", "relative growth allowed over the baseline"))
+    rows.append(
+        (TOLERANCE_KEYWORD, "fraction", "relative growth of MACs, params and size allowed over the baseline")
+    )
+    rows += [(keyword, *TIMING_OPTION_HELP[keyword]) for keyword in TIMING_OPTIONS]
     return rows
+
+
+TIMING_OPTION_HELP: Mapping[str, tuple[str, str]] = {
+    "timing": ("bool", "time this call and keep a latency baseline, even without a timed limit"),
+    "latency_stat": ("median|p90", "the latency statistic judged against limits and baselines"),
+    "latency_tolerance": ("fraction", "slowdown over the latency baseline allowed (default 10%)"),
+    "cuda_graph": ("bool", "time CUDA-graph replays: latency without host launch overhead"),
+    "device": ("device", "time on this device ('cpu', 'cuda', 'cuda:1'); the model is moved there and back"),
+    "batch_size": (
+        "count",
+        "items per call for min_throughput (default: the first input's leading dimension)",
+    ),
+}

@@ -7,6 +7,7 @@ call), so verdicts do not depend on this machine's speed.
 from __future__ import annotations
 
 import itertools
+
 import pytest
 from conftest import write_test
 
@@ -237,3 +238,23 @@ def test_verbose_progress_and_quiet_default(timed: pytest.Pytester) -> None:
     )
     result = timed.runpytest("--model-budget")
     assert "[model_budget]" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--budget-threads=0", "--budget-threads='0': expected a whole number >= 1"),
+        ("--budget-time=soon", "--budget-time='soon': expected a number of seconds > 0"),
+        ("--budget-latency-stat=p50", "'p50' is not 'median' or 'p90'"),
+        (
+            "--budget-latency-tolerance=lots",
+            "'lots' is not a non-negative number (0.05) or a percentage string ('5%')",
+        ),
+        ("--budget-device=tpu", "'tpu' is not a device name such as 'cpu', 'cuda' or 'cuda:1'"),
+    ],
+)
+def test_bad_timing_options_are_usage_errors(project: pytest.Pytester, option: str, message: str) -> None:
+    write_test(project, LATENCY_TESTS)
+    result = project.runpytest("--model-budget", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: pytest-modelbudget: *{message}*"])

@@ -1,0 +1,46 @@
+"""The reference documents every option and marker keyword the code accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_modelbudget import budgets, plugin
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+REFERENCE = (DOCS / "reference.md").read_text()
+OPTIONS = [(flag, ini) for flag, ini, *_ in plugin._OPTIONS] + [("--update-budgets", None)]
+
+
+@pytest.mark.parametrize(("flag", "ini"), OPTIONS, ids=[flag for flag, _ in OPTIONS])
+def test_every_option_is_documented(flag: str, ini: str | None) -> None:
+    assert f"`{flag}" in REFERENCE
+    if ini:
+        assert f"`{ini}`" in REFERENCE
+
+
+@pytest.mark.parametrize("keyword", budgets.KEYWORDS)
+def test_every_marker_keyword_is_documented(keyword: str) -> None:
+    assert f"| `{keyword}` |" in REFERENCE
+
+
+def test_the_reference_names_nothing_that_does_not_exist() -> None:
+    import re
+
+    documented_flags = set(re.findall(r"`(--[a-z-]+)", REFERENCE)) - {
+        "--junitxml",
+        "--benchmark-timer",
+        "--benchmark-json",
+    }
+    assert documented_flags == {flag for flag, _ in OPTIONS}
+    documented_keywords = set(re.findall(r"^\| `([a-z_]+)` \|", REFERENCE, re.MULTILINE))
+    assert documented_keywords == set(budgets.KEYWORDS)
+
+
+def test_every_option_is_in_pytest_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    for flag, ini in OPTIONS:
+        result.stdout.fnmatch_lines([f"*{flag}*"])
+        if ini:
+            result.stdout.fnmatch_lines([f"*{ini} (*"])
