@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from .budgets import KEYWORDS, RATCHETED, Budget, parse_budget
-from .errors import BaselineFileError, BudgetSpecError
+from .errors import BaselineFileError, BudgetSpecError, shown
 
 FORMAT_VERSION = 1
 ROOT_MODULE = "(root)"  # how the model's own ops and params appear in `modules:`
@@ -144,7 +144,7 @@ def _validate(data: Any, where: str) -> dict[str, Entry]:
     if "version" not in data:
         raise BaselineFileError(where, f"has no 'version'; add 'version: {FORMAT_VERSION}' at the top")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise BaselineFileError(where, f"'version' must be an integer, got {version!r}")
+        raise BaselineFileError(where, f"'version' must be an integer, got {shown(version)}")
     if version > FORMAT_VERSION:
         raise BaselineFileError(
             where,
@@ -161,7 +161,7 @@ def _validate(data: Any, where: str) -> dict[str, Entry]:
 
 def _count(value: Any, where: str, entry: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BaselineFileError(where, f"{what} must be a number, got {value!r}", entry)
+        raise BaselineFileError(where, f"{what} must be a number, got {shown(value)}", entry)
     if not math.isfinite(value) or value < 0:
         raise BaselineFileError(where, f"{what} must be a finite number >= 0, got {value!r}", entry)
     if value != int(value):
@@ -171,7 +171,7 @@ def _count(value: Any, where: str, entry: str, what: str) -> int:
 
 def _validate_entry(value: Any, where: str, key: str) -> Entry:
     if not isinstance(value, dict):
-        raise BaselineFileError(where, f"must be a mapping, not {value!r}", key)
+        raise BaselineFileError(where, f"must be a mapping, not {shown(value)}", key)
     unknown = sorted(set(map(str, value)) - set(_ENTRY_KEYS))
     if unknown:
         raise BaselineFileError(
@@ -190,7 +190,7 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
         modules[str(path)] = {k: _count(v, where, key, f"modules.{path}.{k}") for k, v in stats.items()}
     convention = value.get("convention")
     if convention is not None and not isinstance(convention, str):
-        raise BaselineFileError(where, f"'convention' must be a string, got {convention!r}", key)
+        raise BaselineFileError(where, f"'convention' must be a string, got {shown(convention)}", key)
     limits = {} if value.get("limits") is None else value["limits"]
     if not isinstance(limits, dict):
         raise BaselineFileError(
@@ -200,7 +200,7 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
         parse_budget(limits)
     except BudgetSpecError as error:
         raise BaselineFileError(where, f"limits: {error}", key) from None
-    timing = _validate_timing(value.get("timing") or {}, where, key)
+    timing = _validate_timing({} if value.get("timing") is None else value["timing"], where, key)
     return Entry(metrics, modules, convention, dict(limits), timing)
 
 
@@ -211,7 +211,7 @@ def _number(value: Any, where: str, entry: str, what: str) -> float:
         or not math.isfinite(value)
         or value < 0
     ):
-        raise BaselineFileError(where, f"{what} must be a finite number >= 0, got {value!r}", entry)
+        raise BaselineFileError(where, f"{what} must be a finite number >= 0, got {shown(value)}", entry)
     return value
 
 

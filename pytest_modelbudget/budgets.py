@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BudgetSpecError, UnitError
+from .errors import BudgetSpecError, UnitError, shown
 from .units import (
     format_bytes,
     format_change,
@@ -99,25 +99,25 @@ TOLERANCE_KEYWORD = "tolerance"
 
 def _parse_bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise UnitError(f"{value!r} is not True or False")
+        raise UnitError(f"{shown(value)} is not True or False")
     return value
 
 
 def _parse_stat(value: object) -> str:
     if value not in ("median", "p90"):
-        raise UnitError(f"{value!r} is not 'median' or 'p90'")
+        raise UnitError(f"{shown(value)} is not 'median' or 'p90'")
     return str(value)
 
 
 def _parse_device(value: object) -> str:
     if not isinstance(value, str) or value.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
-        raise UnitError(f"{value!r} is not a device name such as 'cpu', 'cuda' or 'cuda:1'")
+        raise UnitError(f"{shown(value)} is not a device name such as 'cpu', 'cuda' or 'cuda:1'")
     return value
 
 
 def _parse_positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UnitError(f"{value!r} is not a whole number >= 1")
+        raise UnitError(f"{shown(value)} is not a whole number >= 1")
     return value
 
 
@@ -161,7 +161,7 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
     positional = list(args)
     if positional:
         raise BudgetSpecError(
-            f"model_budget takes keyword arguments only, got positional {positional!r}; "
+            f"model_budget takes keyword arguments only, got positional {shown(positional)}; "
             f"accepted keywords: {accepted}"
         )
     limits: dict[str, float] = {}
@@ -172,13 +172,13 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
             try:
                 timing[keyword] = TIMING_OPTIONS[keyword](value)
             except UnitError as error:
-                raise BudgetSpecError(f"{keyword}={value!r}: {error}") from None
+                raise BudgetSpecError(f"{keyword}={shown(value)}: {error}") from None
             continue
         if keyword == TOLERANCE_KEYWORD:
             try:
                 tolerance = parse_fraction(value)
             except UnitError as error:
-                raise BudgetSpecError(f"tolerance={value!r}: {error}") from None
+                raise BudgetSpecError(f"tolerance={shown(value)}: {error}") from None
             continue
         metric = METRICS_BY_KEYWORD.get(keyword)
         if metric is None:
@@ -188,9 +188,9 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
         try:
             limit = metric.parse(value)
         except UnitError as error:
-            raise BudgetSpecError(f"{keyword}={value!r}: {error}") from None
+            raise BudgetSpecError(f"{keyword}={shown(value)}: {error}") from None
         if limit <= 0:
-            raise BudgetSpecError(f"{keyword}={value!r}: a limit must be greater than zero")
+            raise BudgetSpecError(f"{keyword}={shown(value)}: a limit must be greater than zero")
         limits[metric.name] = limit
     return Budget(limits=limits, tolerance=tolerance, timing=timing)
 

@@ -7,6 +7,17 @@ so users see one clear message and never a traceback from plugin internals.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 80, 80
+
+
+def shown(value: Any) -> str:
+    """repr() cut short, for messages: a few hundred bytes of YAML aliases can expand to gigabytes."""
+    return _SHORT.repr(value)
+
 
 class ModelBudgetError(Exception):
     """Base class for errors a user can fix."""

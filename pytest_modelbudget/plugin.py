@@ -56,104 +56,80 @@ class ModelBudgetWarning(pytest.PytestWarning):
     """A timing verdict that noise or a slow machine makes inconclusive."""
 
 
-# (option, ini name, ini type, default, help). Each is a CLI flag with an ini twin; the
-# command line wins. Defaults live here, once.
-_OPTIONS: tuple[tuple[str, str, str, object, str], ...] = (
-    (
+@dataclass(frozen=True)
+class _Option:
+    """A command-line flag and its ini twin; the command line wins."""
+
+    flag: str
+    ini: str
+    help: str
+    default: bool | str = False  # a bool makes a switch; a string an option taking a value
+
+
+_OPTIONS: tuple[_Option, ...] = (
+    _Option(
         "--model-budget",
         "model_budget",
-        "bool",
-        False,
         "measure models in tests marked model_budget and enforce their budgets",
     ),
-    (
+    _Option(
         "--budgets-file",
         "budgets_file",
-        "string",
-        "budgets.yaml",
         "baseline file (default: budgets.yaml in the rootdir)",
+        "budgets.yaml",
     ),
-    (
+    _Option(
         "--budget-strict",
         "budget_strict",
-        "bool",
-        False,
-        "fail calls without a baseline, with uncounted ops, or with inconclusive timing",
+        "fail calls without a baseline, with uncounted ops or inconclusive timing",
     ),
-    (
+    _Option(
         "--budget-no-timing",
         "budget_no_timing",
-        "bool",
-        False,
         "count only: skip timing budgets (latency, throughput, GPU memory)",
     ),
-    (
+    _Option(
         "--budget-device",
         "budget_device",
-        "string",
+        "time on this device (cpu, cuda, cuda:1) instead of the model's",
         "",
-        "time on this device (cpu, cuda, cuda:1) instead of the model's own",
     ),
-    (
-        "--budget-threads",
-        "budget_threads",
-        "string",
-        "1",
-        "CPU threads while timing (recorded in the device fingerprint)",
+    _Option(
+        "--budget-threads", "budget_threads", "CPU threads while timing (part of the device fingerprint)", "1"
     ),
-    ("--budget-time", "budget_time", "string", "1.5", "seconds to spend on one timing measurement"),
-    (
-        "--budget-cuda-graphs",
-        "budget_cuda_graphs",
-        "bool",
-        False,
-        "time CUDA-graph replays instead of eager calls",
+    _Option("--budget-time", "budget_time", "seconds to spend on one timing measurement", "1.5"),
+    _Option("--budget-cuda-graphs", "budget_cuda_graphs", "time CUDA-graph replays instead of eager calls"),
+    _Option(
+        "--budget-latency-stat", "budget_latency_stat", "latency statistic judged: median or p90", "median"
     ),
-    (
-        "--budget-latency-stat",
-        "budget_latency_stat",
-        "string",
-        "median",
-        "latency statistic judged: median or p90",
-    ),
-    (
+    _Option(
         "--budget-latency-tolerance",
         "budget_latency_tolerance",
-        "string",
+        "slowdown allowed over a latency baseline",
         "10%",
-        "slowdown over the latency baseline allowed before failing",
     ),
-    (
-        "--budget-json",
-        "budget_json",
-        "string",
-        "",
-        "write every measurement, limit, baseline and verdict as JSON here",
-    ),
-    (
+    _Option("--budget-json", "budget_json", "write every measurement, limit and verdict as JSON here", ""),
+    _Option(
         "--budget-markdown",
         "budget_markdown",
-        "string",
-        "",
         "write a Markdown summary here (and to GITHUB_STEP_SUMMARY)",
+        "",
     ),
-    ("--budget-html", "budget_html", "string", "", "write a self-contained HTML report here"),
+    _Option("--budget-html", "budget_html", "write a self-contained HTML report here", ""),
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("model-budget", "model budgets (pytest-modelbudget)")
-    for flag, ini, kind, default, help_text in _OPTIONS:
-        dest = ini
-        if kind == "bool":
-            group.addoption(
-                flag, action="store_true", default=None, dest=dest, help=f"{help_text} [ini: {ini}]"
-            )
-            parser.addini(ini, help_text, type="bool", default=default)
+    for option in _OPTIONS:
+        help_text = f"{option.help} [ini: {option.ini}]"
+        if isinstance(option.default, bool):
+            group.addoption(option.flag, action="store_true", default=None, dest=option.ini, help=help_text)
+            parser.addini(option.ini, option.help, type="bool", default=option.default)
         else:
-            group.addoption(flag, default=None, dest=dest, metavar="VALUE", help=f"{help_text} [ini: {ini}]")
-            parser.addini(ini, help_text, default=str(default))
-        if flag == "--model-budget":
+            group.addoption(option.flag, default=None, dest=option.ini, metavar="VALUE", help=help_text)
+            parser.addini(option.ini, option.help, default=option.default)
+        if option.flag == "--model-budget":
             group.addoption(
                 "--update-budgets",
                 action="store_true",
@@ -327,14 +303,15 @@ class BudgetSession:
                     self.results, budgets_file=self.display_path, env=report.environment()
                 )
                 settings.json_report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-            markdown = "\n".join(report.markdown_lines(self.results)) + "\n"
-            if settings.markdown_report:
-                settings.markdown_report.write_text(markdown, encoding="utf-8")
-            step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-            if step_summary and self.results:
-                # GitHub collects what each step appends to this file.
-                with open(step_summary, "a", encoding="utf-8") as handle:
-                    handle.write(markdown)
+            step_summary = os.environ.get("GITHUB_STEP_SUMMARY") if self.results else None
+            if settings.markdown_report or step_summary:
+                markdown = "\n".join(report.markdown_lines(self.results)) + "\n"
+                if settings.markdown_report:
+                    settings.markdown_report.write_text(markdown, encoding="utf-8")
+                if step_summary:
+                    # GitHub collects what each step appends to this file.
+                    with open(step_summary, "a", encoding="utf-8") as handle:
+                        handle.write(markdown)
             if settings.html_report:
                 from .html_report import render
 

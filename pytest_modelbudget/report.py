@@ -5,6 +5,7 @@ Generators of lines and nothing else; the pytest layer decides where they go.
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -251,6 +252,8 @@ def json_report(
 
 
 def _usage_bar(usage: float, width: int = 10) -> str:
+    if math.isinf(usage):  # a limit or baseline of zero
+        return "█" * width + " ∞"
     filled = min(width, round(usage * width))
     return "█" * filled + "░" * (width - filled) + f" {usage:.0%}"
 

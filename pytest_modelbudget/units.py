@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import UnitError
+from .errors import UnitError, shown
 
 # SI multipliers for counts. Lower-case "m" is deliberately absent: it would read as
 # "milli" to half of our users and "mega" to the other half.
@@ -63,10 +63,10 @@ def _split(value: str) -> tuple[float, str] | None:
 def _check_number(value: object, accepted: str) -> float:
     # bool is an int subclass; `max_macs=True` is always a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UnitError(f"{value!r} is not {accepted}")
+        raise UnitError(f"{shown(value)} is not {accepted}")
     number = float(value)
     if not math.isfinite(number):
-        raise UnitError(f"{value!r} is not finite; expected {accepted}")
+        raise UnitError(f"{shown(value)} is not finite; expected {accepted}")
     return number
 
 
@@ -78,7 +78,7 @@ def parse_count(value: object) -> float:
             hint = ""
             if parts is not None and parts[1].upper().endswith("B"):
                 hint = " (this limit is a count, not a size in bytes)"
-            raise UnitError(f"{value!r} is not {COUNT_FORMAT}{hint}")
+            raise UnitError(f"{shown(value)} is not {COUNT_FORMAT}{hint}")
         return _check_number(parts[0] * _COUNT_SUFFIXES[parts[1]], COUNT_FORMAT)
     return _check_number(value, COUNT_FORMAT)
 
@@ -89,7 +89,7 @@ def parse_bytes(value: object) -> float:
         parts = _split(value)
         unit = parts[1].upper() if parts is not None else ""
         if parts is None or unit not in _BYTE_UNITS:
-            raise UnitError(f"{value!r} is not {BYTES_FORMAT}")
+            raise UnitError(f"{shown(value)} is not {BYTES_FORMAT}")
         return _check_number(parts[0] * _BYTE_UNITS[unit], BYTES_FORMAT)
     return _check_number(value, BYTES_FORMAT)
 
@@ -100,7 +100,7 @@ def parse_duration_ms(value: object) -> float:
         parts = _split(value.replace("µ", "u"))
         unit = parts[1].upper() if parts is not None else ""
         if parts is None or unit not in _DURATION_UNITS:
-            raise UnitError(f"{value!r} is not {DURATION_FORMAT}")
+            raise UnitError(f"{shown(value)} is not {DURATION_FORMAT}")
         return _check_number(parts[0] * _DURATION_UNITS[unit], DURATION_FORMAT)
     return _check_number(value, DURATION_FORMAT)
 
@@ -113,11 +113,11 @@ def parse_rate(value: object) -> float:
         try:
             return parse_count(text)
         except UnitError:
-            raise UnitError(f"{value!r} is not {RATE_FORMAT}") from None
+            raise UnitError(f"{shown(value)} is not {RATE_FORMAT}") from None
     try:
         return parse_count(value)
     except UnitError:
-        raise UnitError(f"{value!r} is not {RATE_FORMAT}") from None
+        raise UnitError(f"{shown(value)} is not {RATE_FORMAT}") from None
 
 
 def parse_fraction(value: object) -> float:
@@ -128,16 +128,16 @@ def parse_fraction(value: object) -> float:
             try:
                 number = float(text[:-1]) / 100.0
             except ValueError:
-                raise UnitError(f"{value!r} is not {FRACTION_FORMAT}") from None
+                raise UnitError(f"{shown(value)} is not {FRACTION_FORMAT}") from None
         else:
             try:
                 number = float(text)
             except ValueError:
-                raise UnitError(f"{value!r} is not {FRACTION_FORMAT}") from None
+                raise UnitError(f"{shown(value)} is not {FRACTION_FORMAT}") from None
     else:
         number = _check_number(value, FRACTION_FORMAT)
     if not math.isfinite(number) or number < 0:
-        raise UnitError(f"{value!r} is not {FRACTION_FORMAT}")
+        raise UnitError(f"{shown(value)} is not {FRACTION_FORMAT}")
     return number
 
 

@@ -1,0 +1,102 @@
+"""``python -m pytest_modelbudget``: the command line (today, one sub-command: ``profile``).
+
+Only argument parsing and output live here; the work is in :mod:`pytest_modelbudget.profile`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+PROG = "python -m pytest_modelbudget"
+
+PROFILE_DESCRIPTION = """\
+Build a model from MODULE:FACTORY (a callable taking no arguments, or a class), run one
+forward pass on random inputs in eval mode (counted on the meta device where it can be: no arithmetic),
+and print a per-module table, the totals, the ops the counter has no formula for, and a
+@pytest.mark.model_budget(...) line with headroom, ready to paste into a test.
+"""
+
+PROFILE_EPILOG = """\
+examples:
+  python -m pytest_modelbudget profile torchvision.models:resnet50 --input 1x3x224x224
+  python -m pytest_modelbudget profile mypkg.models:build_model --input 1x128:int64 --depth 2
+  python -m pytest_modelbudget profile mypkg.models:HugeModel --input 1x4096:int64 --device meta
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .profile import DEFAULT_DEPTH, DEFAULT_HEADROOM
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="pytest-modelbudget tools that work without writing a test."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    profile = commands.add_parser(
+        "profile",
+        help="count a model's MACs, params, size and memory traffic per module, and suggest a budget",
+        description=PROFILE_DESCRIPTION,
+        epilog=PROFILE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    profile.add_argument("target", metavar="MODULE:FACTORY", help="e.g. torchvision.models:resnet50")
+    profile.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="SHAPE[:DTYPE]",
+        help="shape of one positional input, e.g. 1x3x224x224 (float32, random) or 1x128:int64 "
+        "(zeros); repeat for several inputs",
+    )
+    profile.add_argument(
+        "--depth", type=int, default=DEFAULT_DEPTH, help=f"levels of modules in the table ({DEFAULT_DEPTH})"
+    )
+    profile.add_argument(
+        "--device",
+        default="cpu",
+        metavar="{cpu,meta,cuda}",
+        help="where the model is built: meta builds it without allocating weights (default cpu)",
+    )
+    profile.add_argument(
+        "--headroom",
+        default=DEFAULT_HEADROOM,
+        help=f"room above the measured values in the suggested budget ({DEFAULT_HEADROOM})".replace(
+            "%", "%%"
+        ),
+    )
+    profile.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .profile import ProfileError, run
+
+    try:
+        lines = run(
+            args.target,
+            args.inputs,
+            depth=args.depth,
+            device=args.device,
+            headroom=args.headroom,
+            as_json=args.json,
+        )
+    except ProfileError as error:
+        print(f"{PROG} profile: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        print("\n".join(lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Piped into `head`: the reader has gone; stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
