@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
             "%", "%%"
         ),
     )
+    profile.add_argument(
+        "--hardware",
+        default=None,
+        metavar="{h100,a100}",
+        help="add a roofline latency estimate per module on this hardware, and the memory-bound ops",
+    )
     profile.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     return parser
 
@@ -83,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             headroom=args.headroom,
             as_json=args.json,
+            hardware=args.hardware,
         )
     except ProfileError as error:
         print(f"{PROG} profile: error: {error}", file=sys.stderr)

@@ -79,6 +79,12 @@ METRICS: tuple[Metric, ...] = (
         higher_is_better=True,
     ),
     Metric(
+        "roofline_ms",
+        "max_roofline_ms",
+        "ms",
+        "roofline estimate of latency on the given hardware (deterministic)",
+    ),
+    Metric(
         "memory", "max_memory", "bytes", "peak memory of one forward: CUDA allocator peak, or a CPU estimate"
     ),
     Metric(
@@ -121,16 +127,24 @@ def _parse_positive_int(value: object) -> int:
     return value
 
 
-# Keywords that shape how a call is timed rather than limiting a metric.
-TIMING_OPTIONS: Mapping[str, Callable[[object], object]] = {
+def _parse_hardware(value: object) -> object:
+    from .roofline import hardware
+
+    hardware(value)  # validates; the spec itself is built where it is used
+    return value
+
+
+# Keywords that shape how a call is measured rather than limiting a metric.
+CALL_OPTIONS: Mapping[str, Callable[[object], object]] = {
     "timing": _parse_bool,  # time this call even without a timed limit (records a latency baseline)
     "latency_stat": _parse_stat,
     "latency_tolerance": parse_fraction,
     "cuda_graph": _parse_bool,
     "device": _parse_device,
     "batch_size": _parse_positive_int,
+    "hardware": _parse_hardware,  # for max_roofline_ms
 }
-KEYWORDS: tuple[str, ...] = (*METRICS_BY_KEYWORD, TOLERANCE_KEYWORD, *TIMING_OPTIONS)
+KEYWORDS: tuple[str, ...] = (*METRICS_BY_KEYWORD, TOLERANCE_KEYWORD, *CALL_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -139,15 +153,15 @@ class Budget:
 
     limits: Mapping[str, float]  # metric name -> largest (or, for throughput, smallest) allowed value
     tolerance: float | None = None  # relative growth allowed over the baseline
-    timing: Mapping[str, Any] = field(default_factory=dict)  # TIMING_OPTIONS keywords
+    options: Mapping[str, Any] = field(default_factory=dict)  # CALL_OPTIONS keywords
 
     @property
     def empty(self) -> bool:
-        return not self.limits and self.tolerance is None and not self.timing
+        return not self.limits and self.tolerance is None and not self.options
 
     @property
     def wants_timing(self) -> bool:
-        return bool(self.timing.get("timing")) or any(METRICS_BY_NAME[m].timed for m in self.limits)
+        return bool(self.options.get("timing")) or any(METRICS_BY_NAME[m].timed for m in self.limits)
 
 
 def _suggest(keyword: str) -> str:
@@ -166,11 +180,11 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
         )
     limits: dict[str, float] = {}
     tolerance: float | None = None
-    timing: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for keyword, value in kwargs.items():
-        if keyword in TIMING_OPTIONS:
+        if keyword in CALL_OPTIONS:
             try:
-                timing[keyword] = TIMING_OPTIONS[keyword](value)
+                options[keyword] = CALL_OPTIONS[keyword](value)
             except UnitError as error:
                 raise BudgetSpecError(f"{keyword}={shown(value)}: {error}") from None
             continue
@@ -192,7 +206,7 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
         if limit <= 0:
             raise BudgetSpecError(f"{keyword}={shown(value)}: a limit must be greater than zero")
         limits[metric.name] = limit
-    return Budget(limits=limits, tolerance=tolerance, timing=timing)
+    return Budget(limits=limits, tolerance=tolerance, options=options)
 
 
 @dataclass(frozen=True)
@@ -319,11 +333,11 @@ def keyword_table() -> list[tuple[str, str, str]]:
     rows.append(
         (TOLERANCE_KEYWORD, "fraction", "relative growth of MACs, params and size allowed over the baseline")
     )
-    rows += [(keyword, *TIMING_OPTION_HELP[keyword]) for keyword in TIMING_OPTIONS]
+    rows += [(keyword, *OPTION_HELP[keyword]) for keyword in CALL_OPTIONS]
     return rows
 
 
-TIMING_OPTION_HELP: Mapping[str, tuple[str, str]] = {
+OPTION_HELP: Mapping[str, tuple[str, str]] = {
     "timing": ("bool", "time this call and keep a latency baseline, even without a timed limit"),
     "latency_stat": ("median|p90", "the latency statistic judged against limits and baselines"),
     "latency_tolerance": ("fraction", "slowdown over the latency baseline allowed (default 10%)"),

@@ -33,6 +33,7 @@ class CallSettings:
     timing: TimingSettings = field(default_factory=TimingSettings)
     latency_stat: str = "median"
     latency_tolerance: float = 0.10
+    hardware: str | None = None  # roofline preset when the budget names none
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ def measure_call(
     counts = count(model, args, kwargs)
     measured: dict[str, float] = _counted_metrics(counts)
     file_budget = entry.budget if entry else None
+    roofline_ms = _roofline_ms(counts, marker, file_budget, settings)
+    if roofline_ms is not None:
+        measured["roofline_ms"] = roofline_ms
     has_baseline = entry is not None and bool(entry.metrics)
     checks = budgets.check(
         measured,
@@ -134,6 +138,27 @@ def _counted_metrics(counts: Counts) -> dict[str, float]:
     }
 
 
+def _roofline_ms(
+    counts: Counts, marker: Budget, file_budget: Budget | None, settings: CallSettings
+) -> float | None:
+    """The roofline latency estimate, when a budget limits it or a hardware spec is given."""
+    from .errors import MeasurementError
+    from .roofline import estimate, hardware
+
+    options = {**(file_budget.options if file_budget else {}), **marker.options}
+    spec = options.get("hardware", settings.hardware)
+    limited = "roofline_ms" in marker.limits or (
+        file_budget is not None and "roofline_ms" in file_budget.limits
+    )
+    if spec is None:
+        if limited:
+            raise MeasurementError(
+                "max_roofline_ms needs a hardware spec: hardware='h100' in the marker, or --budget-hardware"
+            )
+        return None
+    return estimate(counts.ops, hardware(spec)).total_ms
+
+
 def _time_and_judge(
     model: Any,
     args: tuple[Any, ...],
@@ -147,7 +172,7 @@ def _time_and_judge(
     from .devices import measure_probes
     from .timing import batch_size_of, fingerprint_for, measure_and_judge, time_forward
 
-    options = {**(file_budget.timing if file_budget else {}), **marker.timing}  # the marker wins
+    options = {**(file_budget.options if file_budget else {}), **marker.options}  # the marker wins
     timing_settings = replace(
         settings.timing,
         device=options.get("device", settings.timing.device),
@@ -233,7 +258,7 @@ def _max_batch_checks(
     ]
     if not required:
         return []
-    options = {**(file_budget.timing if file_budget else {}), **marker.timing}
+    options = {**(file_budget.options if file_budget else {}), **marker.options}
     timing_settings = replace(settings.timing, device=options.get("device", settings.timing.device))
     found = max_batch(model, args, kwargs, timing_settings, limit=int(4 * max(n for _, n in required)))
     return [Check("max_batch", found, n, source, "over" if found < n else "ok") for source, n in required]

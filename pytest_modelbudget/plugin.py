@@ -108,6 +108,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "slowdown allowed over a latency baseline",
         "10%",
     ),
+    _Option("--budget-hardware", "budget_hardware", "hardware for max_roofline_ms: h100, a100", ""),
     _Option("--budget-json", "budget_json", "write every measurement, limit and verdict as JSON here", ""),
     _Option(
         "--budget-markdown",
@@ -162,15 +163,18 @@ def _resolve_settings(config: pytest.Config) -> Settings:
             strict=bool(value("budget_strict")),
             timing_enabled=not value("budget_no_timing"),
             timing=TimingSettings(
-                device=budgets.TIMING_OPTIONS["device"](value("budget_device"))
+                device=budgets.CALL_OPTIONS["device"](value("budget_device"))
                 if value("budget_device")
                 else None,
                 threads=_positive_int(value("budget_threads"), "--budget-threads"),
                 time_budget_s=_positive_float(value("budget_time"), "--budget-time"),
                 cuda_graph=bool(value("budget_cuda_graphs")),
             ),
-            latency_stat=str(budgets.TIMING_OPTIONS["latency_stat"](value("budget_latency_stat"))),
+            latency_stat=str(budgets.CALL_OPTIONS["latency_stat"](value("budget_latency_stat"))),
             latency_tolerance=parse_fraction(value("budget_latency_tolerance")),
+            hardware=str(budgets.CALL_OPTIONS["hardware"](value("budget_hardware")))
+            if value("budget_hardware")
+            else None,
         )
     except UnitError as error:
         raise pytest.UsageError(f"pytest-modelbudget: {error}") from None

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 from .baselines import ROOT_MODULE
 from .budgets import METRICS_BY_NAME, parse_budget
 from .errors import ModelBudgetError, UnitError
-from .units import format_bytes, format_count, parse_fraction
+from .roofline import HardwareSpec, RooflineEstimate, estimate
+from .roofline import hardware as roofline_hardware
+from .units import format_bytes, format_count, format_duration, parse_fraction
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +111,14 @@ class Profile:
     counts: Counts
     rows: tuple[ModuleRow, ...]
     notes: tuple[str, ...] = ()
+    roofline: RooflineEstimate | None = None  # with --hardware
+
+    def roofline_ms(self, path: str) -> float:
+        """Roofline time of a module and its children ("" is the model's own ops)."""
+        assert self.roofline is not None
+        if not path:
+            return self.roofline.by_module.get("", 0.0)
+        return sum(ms for p, ms in self.roofline.by_module.items() if p == path or p.startswith(path + "."))
 
     @property
     def suggested(self) -> dict[str, str]:
@@ -294,6 +304,7 @@ def profile_model(
     depth: int = DEFAULT_DEPTH,
     device: str = "cpu",
     headroom: str = DEFAULT_HEADROOM,
+    hardware: str | None = None,
 ) -> Profile:
     """Parse the arguments, build the model, count one forward pass."""
     module_name, attribute = parse_target(target)
@@ -303,6 +314,7 @@ def profile_model(
     depth = parse_depth(depth)
     device = parse_device(device)
     room = parse_headroom(headroom)
+    spec = _hardware(hardware) if hardware else None
     factory = load_factory(module_name, attribute)
 
     from .counting import count
@@ -334,7 +346,15 @@ def profile_model(
         counts=counts,
         rows=module_rows(model, counts, depth),
         notes=tuple(notes),
+        roofline=estimate(counts.ops, spec) if spec else None,
     )
+
+
+def _hardware(name: str) -> HardwareSpec:
+    try:
+        return roofline_hardware(name)
+    except UnitError as error:
+        raise ProfileError(f"--hardware: {error}") from None
 
 
 def round_up_si(value: float, unit: str) -> str:
@@ -399,7 +419,16 @@ def render_lines(profile: Profile) -> Iterator[str]:
     for note in profile.notes:
         yield f"note: {note}"
     yield ""
-    headers = ("module", "type", "params", "MACs", "% MACs", "memory traffic")
+    roofline = profile.roofline
+    headers = (
+        "module",
+        "type",
+        "params",
+        "MACs",
+        "% MACs",
+        "memory traffic",
+        *(("roofline",) if roofline else ()),
+    )
     rows = [
         (
             "  " * max(row.depth - 1, 0) + (row.path or ROOT_MODULE),
@@ -408,6 +437,7 @@ def render_lines(profile: Profile) -> Iterator[str]:
             format_count(row.macs),
             _share(row.macs, counts.macs),
             format_bytes(row.memory_traffic),
+            *((format_duration(profile.roofline_ms(row.path)),) if roofline else ()),
         )
         for row in profile.rows
     ]
@@ -418,8 +448,9 @@ def render_lines(profile: Profile) -> Iterator[str]:
         format_count(counts.macs),
         _share(counts.macs, counts.macs),
         format_bytes(counts.memory_traffic),
+        *((format_duration(roofline.total_ms),) if roofline else ()),
     )
-    yield from _table(headers, rows, total, right_aligned=(2, 3, 4, 5))
+    yield from _table(headers, rows, total, right_aligned=(2, 3, 4, 5, 6) if roofline else (2, 3, 4, 5))
     yield ""
     size_detail = ", ".join(f"{dtype} {format_bytes(n)}" for dtype, n in counts.size_by_dtype.items())
     totals = [
@@ -431,6 +462,12 @@ def render_lines(profile: Profile) -> Iterator[str]:
         ("memory traffic", f"{format_bytes(counts.memory_traffic)} ({counts.memory_traffic:,} bytes)"),
         ("arithmetic intensity", f"{counts.arithmetic_intensity:.1f} FLOPs/byte"),
     ]
+    if roofline:
+        bound = ", ".join(f"{op} x{n}" for op, n in list(roofline.memory_bound_ops.items())[:5]) or "none"
+        totals += [
+            (f"roofline on {roofline.hardware}", format_duration(roofline.total_ms)),
+            ("memory-bound", f"{roofline.memory_bound_share:.0%} of that time; ops: {bound}"),
+        ]
     width = max(len(name) for name, _ in totals)
     yield "totals"
     for name, value in totals:
@@ -489,6 +526,19 @@ def to_json(profile: Profile) -> dict[str, Any]:
         "headroom": profile.headroom,
         "suggested_budget": limits,
         "marker": marker_line(limits) if limits else None,
+        "roofline": (
+            {
+                "hardware": profile.roofline.hardware,
+                "total_ms": profile.roofline.total_ms,
+                "memory_bound_ms": profile.roofline.memory_bound_ms,
+                "memory_bound_ops": dict(profile.roofline.memory_bound_ops),
+                "by_module_ms": {
+                    row.path or ROOT_MODULE: profile.roofline_ms(row.path) for row in profile.rows
+                },
+            }
+            if profile.roofline
+            else None
+        ),
     }
 
 
@@ -500,9 +550,10 @@ def run(
     device: str = "cpu",
     headroom: str = DEFAULT_HEADROOM,
     as_json: bool = False,
+    hardware: str | None = None,
 ) -> list[str]:
     """The command's output lines; raises :class:`ProfileError` for anything the user can fix."""
-    profile = profile_model(target, inputs, depth=depth, device=device, headroom=headroom)
+    profile = profile_model(target, inputs, depth=depth, device=device, headroom=headroom, hardware=hardware)
     if as_json:
         return [json.dumps(to_json(profile), indent=2)]
     return list(render_lines(profile))
