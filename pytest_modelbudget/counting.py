@@ -8,26 +8,35 @@ arithmetic is done, no weight is copied, and the model object is never touched. 
 model whose forward needs real values (``.item()``, data-dependent shapes) is counted
 with real tensors instead; :attr:`Counts.executed_on` says which happened.
 
-Either way the model is left exactly as it was: module attributes, hooks, buffers and
-parameters, the training flag, ``requires_grad`` and the global RNG states are
-snapshotted before the forward and restored after it, also when it raises.
+On meta, an op's outputs and cost depend only on its signature (shapes, strides, dtypes
+and the other arguments), so each count caches them per signature: a repeated layer
+costs a dictionary lookup, not a meta kernel. Where a meta kernel is a slow Python
+decomposition, :mod:`.shape_rules` gives its outputs directly. The cache lives for one
+count; nothing about a model is remembered between counts.
+
+Either way the model is left exactly as it was (:mod:`.model_state`): module
+attributes, hooks, buffers and parameters, the training flag, ``requires_grad`` and the
+global RNG states are snapshotted before the forward and restored after it, also when
+it raises.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
 from .errors import MeasurementError
-from .mac_formulas import CONVENTION, is_mac_free, mac_formula
+from .mac_formulas import CONVENTION, Formula, is_mac_free, mac_formula
+from .model_state import Inventory, model_left_as_it_was
+from .shape_rules import meta_outputs
 
 EXECUTION_MODES = ("auto", "meta", "real")
 
@@ -102,9 +111,7 @@ class Counts:
             "size_bytes": self.size_bytes,
             "size_by_dtype": dict(self.size_by_dtype),
             "memory_traffic": self.memory_traffic,
-            "modules": {
-                path: [s.macs, s.params, s.memory_traffic] for path, s in self.modules.items()
-            },
+            "modules": {path: [s.macs, s.params, s.memory_traffic] for path, s in self.modules.items()},
             "uncounted": dict(self.uncounted),
             "executed_on": self.executed_on,
             "convention": self.convention,
@@ -142,8 +149,7 @@ def count(
     """
     if not isinstance(model, torch.nn.Module):
         raise MeasurementError(
-            f"expected a torch.nn.Module, got {type(model).__name__}; "
-            "call model_budget(model, *inputs)"
+            f"expected a torch.nn.Module, got {type(model).__name__}; call model_budget(model, *inputs)"
         )
     if execution not in EXECUTION_MODES:
         raise MeasurementError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
@@ -151,7 +157,7 @@ def count(
     if execution in ("auto", "meta"):
         try:
             return _count_forward(model, args, kwargs, to_meta=True)
-        except Exception as error:  # noqa: BLE001 -- any failure on meta means "try real"
+        except Exception as error:  # any failure on meta means "try real"
             if execution == "meta":
                 raise MeasurementError(
                     f"the forward cannot run on the meta device ({type(error).__name__}: "
@@ -163,21 +169,25 @@ def count(
 def _count_forward(
     model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, to_meta: bool
 ) -> Counts:
-    names = {id(module): path for path, module in model.named_modules()}
+    inventory = Inventory.of(model)
     mode = _CountingMode(to_meta=to_meta)
-    tracker = _ModuleTracker(names)
-    with _model_left_as_it_was(model, restore_values=not to_meta):
+    tracker = _ModuleTracker({id(module): path for path, module in inventory.modules})
+    with model_left_as_it_was(inventory, restore_values=not to_meta):
         if to_meta:
             args = tree_map_only(torch.Tensor, mode.meta_tensor, args)
             kwargs = tree_map_only(torch.Tensor, mode.meta_tensor, kwargs)
-        with torch.no_grad(), tracker, mode:
+        # A function mode costs every torch call in the forward a Python round trip, so
+        # it is only pushed where it is needed (see _DEVICE_CHECKING_COMPOSITES).
+        has_rnn = any(isinstance(module, torch.nn.RNNBase) for _, module in inventory.modules)
+        function_mode = _MetaArguments(mode) if to_meta and has_rnn else nullcontext()
+        with torch.no_grad(), tracker, function_mode, mode:
             mode.current_module = tracker.current
             model(*args, **kwargs)
-    return _assemble(model, mode, "meta" if to_meta else _device_of(model, args))
+    return _assemble(inventory, mode, "meta" if to_meta else _device_of(inventory, args))
 
 
-def _device_of(model: torch.nn.Module, args: tuple[Any, ...]) -> str:
-    for tensor in model.parameters():
+def _device_of(inventory: Inventory, args: tuple[Any, ...]) -> str:
+    for _, tensor in inventory.parameters:
         return str(tensor.device)
     for arg in args:
         if isinstance(arg, torch.Tensor):
@@ -185,18 +195,17 @@ def _device_of(model: torch.nn.Module, args: tuple[Any, ...]) -> str:
     return "cpu"
 
 
-def _assemble(model: torch.nn.Module, mode: _CountingMode, executed_on: str) -> Counts:
+def _assemble(inventory: Inventory, mode: _CountingMode, executed_on: str) -> Counts:
     params = trainable = buffers = 0
     size_by_dtype: Counter[str] = Counter()
     module_params: Counter[str] = Counter()
-    # named_parameters/named_buffers skip repeats of the same tensor object, so tied
-    # weights count once, under the first module that owns them.
-    for name, param in model.named_parameters():
-        params += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
-        size_by_dtype[_dtype_name(param.dtype)] += param.numel() * param.element_size()
-        module_params[name.rpartition(".")[0]] += param.numel()
-    for _, buffer in model.named_buffers():
+    for path, param in inventory.parameters:
+        numel = param.numel()
+        params += numel
+        trainable += numel if param.requires_grad else 0
+        size_by_dtype[_dtype_name(param.dtype)] += numel * param.element_size()
+        module_params[path] += numel
+    for _, buffer in inventory.buffers:
         buffers += buffer.numel()
         size_by_dtype[_dtype_name(buffer.dtype)] += buffer.numel() * buffer.element_size()
     modules: dict[str, ModuleStats] = {}
@@ -260,16 +269,6 @@ class _ModuleTracker:
         self._handles = []
 
 
-# The part of an op call that decides its outputs' metadata and its cost on meta
-# tensors: the op itself and, per argument, shape/stride/dtype or the plain value.
-def _signature(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return (tuple(value.shape), value.stride(), value.dtype)
-    if isinstance(value, (list, tuple)):
-        return tuple(_signature(v) for v in value)
-    return value
-
-
 def _template(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return (tuple(out.shape), out.stride(), out.dtype)
@@ -296,63 +295,115 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    return next(_tensors(value), None)
+
+
 def _touched_bytes(tensor: torch.Tensor) -> int:
     # A broadcast (stride-0) dimension is read once, not once per repeat.
+    if 0 not in tensor.stride():
+        return tensor.numel() * tensor.element_size()
     elements = 1
-    for size, stride in zip(tensor.shape, tensor.stride()):
+    for size, stride in zip(tensor.shape, tensor.stride(), strict=True):
         if stride != 0:
             elements *= int(size)
     return elements * tensor.element_size()
 
 
-_NO_TRAFFIC = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "detach", "alias"})
+def _unique(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+    for tensor in tensors:
+        seen.setdefault(id(tensor), tensor)
+    return list(seen.values())
 
 
-def _memory_traffic(func: Any, args: Any, kwargs: Mapping[str, Any], out: Any) -> int:
-    """Bytes read plus bytes written by one op, if nothing were cached or fused."""
-    if func.is_view or func.overloadpacket.__name__ in _NO_TRAFFIC:
-        return 0
-    seen: set[int] = set()
-    total = 0
-    for tensor in (*_tensors(args), *_tensors(tuple(kwargs.values())), *_tensors(out)):
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            total += _touched_bytes(tensor)
-    return total
+def _memory_traffic(args: Any, kwargs: Mapping[str, Any], out: Any) -> int:
+    """Bytes read plus bytes written by one op, if nothing were cached or fused.
 
-
-_OUTPUT_PLANS: dict[Any, int | str | None] = {}
-
-
-def _output_plan(func: Any) -> int | str | None:
-    """How a cached meta call rebuilds its output.
-
-    ``"fresh"``: outputs are new tensors, rebuilt from a template. An int: the op is
-    in place and returns that argument (``relu_``, ``add_``); values mean nothing on
-    meta, so the argument itself is the result. None: not cacheable (views, ops that
-    change an argument's shape in place, ``out=`` variants).
+    Each distinct input tensor is read once (``x * x`` reads x once) and each output
+    written once; an in-place op both reads and writes its destination. An ``out=``
+    buffer is only written.
     """
-    if func in _OUTPUT_PLANS:
-        return _OUTPUT_PLANS[func]
+    inputs = (v for k, v in kwargs.items() if k != "out")
+    reads = _unique(_tensors((*args, *inputs)))
+    writes = _unique(_tensors(out))
+    return sum(map(_touched_bytes, reads)) + sum(map(_touched_bytes, writes))
+
+
+# Ops that produce their result without moving data: allocation, aliasing, and views
+# that are not flagged as views (``_unsafe_view``) or change a tensor's view in place.
+_NO_TRAFFIC = frozenset(
+    """
+    empty empty_strided empty_like new_empty new_empty_strided detach alias lift_fresh
+    _unsafe_view _reshape_alias resize_ set_
+    """.split()
+)
+
+
+@dataclass(frozen=True)
+class _OpInfo:
+    """What the counter needs to know about an ATen overload, whatever its arguments."""
+
+    name: str
+    formula: Formula | None
+    mac_free: bool
+    moves_data: bool
+    # How a cached meta call rebuilds its output. "fresh": outputs are new tensors,
+    # rebuilt from a template. An int: the op is in place and returns that argument
+    # (relu_, add_); on meta the argument itself is the result. None: not cacheable
+    # (views, ops that change an argument's shape in place, out= variants).
+    plan: int | str | None
+
+
+# Per-overload facts (schema, tags, formula lookup), not per-model results: computing
+# them once per process saves a few microseconds per op call and changes no count.
+_OP_INFO: dict[Any, _OpInfo] = {}
+
+
+def _op_info(func: Any) -> _OpInfo:
+    info = _OP_INFO.get(func)
+    if info is None:
+        name = func.overloadpacket.__name__
+        inplace_view = torch.Tag.inplace_view in func.tags
+        info = _OpInfo(
+            name=str(func.overloadpacket),
+            formula=mac_formula(func),
+            mac_free=is_mac_free(func),
+            moves_data=not (func.is_view or inplace_view or name in _NO_TRAFFIC),
+            plan=_output_plan(func, inplace_view),
+        )
+        _OP_INFO[func] = info
+    return info
+
+
+def _output_plan(func: Any, inplace_view: bool) -> int | str | None:
     schema = func._schema
-    plan: int | str | None = None
-    if func.is_view or torch.Tag.inplace_view in func.tags:
-        plan = None
-    elif all(r.alias_info is None for r in schema.returns):
-        plan = "fresh"
-    elif len(schema.returns) == 1 and schema.arguments and not schema.arguments[0].kwarg_only:
+    if func.is_view or inplace_view or func.overloadpacket.__name__ in ("resize_", "set_"):
+        return None
+    if all(r.alias_info is None for r in schema.returns):
+        return "fresh"
+    if len(schema.returns) == 1 and schema.arguments and not schema.arguments[0].kwarg_only:
         first, ret = schema.arguments[0].alias_info, schema.returns[0].alias_info
         if first is not None and first.is_write and first.before_set == ret.before_set:
-            plan = 0
-    _OUTPUT_PLANS[func] = plan
-    return plan
+            return 0
+    return None
 
 
-class _CountingMode(TorchDispatchMode):
+class _OpCost(NamedTuple):
+    """One call's cost, as recorded; shared by all calls with the same meta signature."""
+
+    name: str
+    macs: int
+    traffic: int
+    dtype: str
+    counted: bool  # False: arithmetic the convention has no formula for
+
+
+class _CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts each ATen op; in meta mode also swaps real tensors for meta ones."""
 
     def __init__(self, *, to_meta: bool) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.to_meta = to_meta
         self.current_module: Any = lambda: ""
         self.module_macs: Counter[str] = Counter()
@@ -362,28 +413,40 @@ class _CountingMode(TorchDispatchMode):
         # id(real tensor) -> (real tensor, meta twin). Holding the real tensor keeps
         # its id from being reused by a new tensor during the count.
         self._meta_twins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # signature -> (output template, macs, traffic): on meta, outputs and costs
-        # depend only on the signature, so repeated layers skip the meta kernels.
-        self._cache: dict[Any, tuple[Any, int, int]] = {}
+        # signature -> (output template, cost): on meta, outputs and costs depend only
+        # on the signature, so repeated layers skip the meta kernels. One cache per
+        # count: a second count of the same model starts from scratch.
+        self._cache: dict[Any, tuple[Any, _OpCost]] = {}
 
     def meta_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.device.type == "meta":
+        if tensor.is_meta:
             return tensor
         twin = self._meta_twins.get(id(tensor))
         if twin is None:
-            meta = torch.empty_strided(
-                tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta"
-            )
+            meta = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
             twin = (tensor, meta)
             self._meta_twins[id(tensor)] = twin
         return twin[1]
 
-    def _to_meta(self, value: Any) -> Any:
+    def to_meta_args(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
-            return self.meta_tensor(value)
+            return value if value.is_meta else self.meta_tensor(value)
         if isinstance(value, (list, tuple)):
-            return type(value)(self._to_meta(v) for v in value)
+            return type(value)([self.to_meta_args(v) for v in value])
         return value
+
+    def _prepare(self, value: Any) -> tuple[Any, Any]:
+        """The value with its real tensors swapped for their meta twins, and its
+        signature: what decides an op's outputs and cost on meta tensors -- per tensor
+        its shape, strides and dtype, any other value as it is."""
+        if isinstance(value, torch.Tensor):
+            if not value.is_meta:
+                value = self.meta_tensor(value)
+            return value, (value.shape, value.stride(), value.dtype)
+        if isinstance(value, (list, tuple)):
+            prepared = [self._prepare(v) for v in value]
+            return type(value)([p[0] for p in prepared]), tuple([p[1] for p in prepared])
+        return value, value
 
     def __torch_dispatch__(
         self,
@@ -393,128 +456,91 @@ class _CountingMode(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        info = _op_info(func)
         if self.to_meta:
-            args = tuple(self._to_meta(a) for a in args)
-            kwargs = {k: self._to_meta(v) for k, v in kwargs.items()}
-            return self._run_meta(func, args, kwargs)
+            return self._run_meta(func, info, args, kwargs)
         out = func(*args, **kwargs)
-        self._record(func, args, kwargs, out, *self._costs(func, args, kwargs, out))
+        self._record(self._costs(info, args, kwargs, out))
         return out
 
-    def _run_meta(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        plan = _output_plan(func)
-        key = None
-        if plan is not None:
-            try:
-                key = (func, _signature(args), _signature(tuple(sorted(kwargs.items()))))
-                hit = self._cache.get(key)
-            except TypeError:  # an unhashable argument: no caching for this call
-                key, hit = None, None
-            if hit is not None:
-                template, macs, traffic = hit
-                out = args[plan] if isinstance(plan, int) else _from_template(template)
-                self._record(func, args, kwargs, out, macs, traffic)
-                return out
-        out = func(*args, **kwargs)
-        macs, traffic = self._costs(func, args, kwargs, out)
+    def _run_meta(self, func: Any, info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if info.plan is None:  # views and the like: their outputs alias inputs, never cached
+            args = self.to_meta_args(args)
+            kwargs = {k: self.to_meta_args(v) for k, v in kwargs.items()}
+            out = func(*args, **kwargs)
+            self._record(self._costs(info, args, kwargs, out))
+            return out
+        args, signature = self._prepare(args)
+        if kwargs:
+            values, kwargs_signature = self._prepare(tuple(kwargs.values()))
+            kwargs = dict(zip(kwargs, values, strict=True))
+            signature = (signature, tuple(kwargs), kwargs_signature)
+        try:
+            key = (func, signature)
+            hit = self._cache.get(key)
+        except TypeError:  # an unhashable argument: no caching for this call
+            key, hit = None, None
+        if hit is not None:
+            template, cost = hit
+            out = args[info.plan] if isinstance(info.plan, int) else _from_template(template)
+            self._record(cost)
+            return out
+        # Cheap shape rules stand in for the hottest (Python) meta kernels.
+        out = meta_outputs(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
+        cost = self._costs(info, args, kwargs, out)
         if key is not None:
-            self._cache[key] = (_template(out), macs, traffic)
-        self._record(func, args, kwargs, out, macs, traffic)
+            self._cache[key] = (_template(out), cost)
+        self._record(cost)
         return out
 
-    def _costs(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
-    ) -> tuple[int, int]:
-        formula = mac_formula(func)
+    @staticmethod
+    def _costs(info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> _OpCost:
+        first_out = out if isinstance(out, torch.Tensor) else _first_tensor(out)
         macs = 0
-        if formula is not None:
-            first_out = next(_tensors(out), None)
-            macs = int(formula(*args, out=first_out, **kwargs))
-        elif not is_mac_free(func):
-            macs = -1  # marks "uncounted" for _record
-        return macs, _memory_traffic(func, args, kwargs, out)
+        if info.formula is not None:
+            macs = int(info.formula(*args, **{**kwargs, "out": first_out}))
+        traffic = _memory_traffic(args, kwargs, out) if info.moves_data else 0
+        typed = first_out if first_out is not None else _first_tensor(args)
+        dtype = _dtype_name(typed.dtype) if typed is not None else "none"
+        counted = info.formula is not None or info.mac_free
+        return _OpCost(info.name, macs, traffic, dtype, counted)
 
-    def _record(
+    def _record(self, cost: _OpCost) -> None:
+        module = self.current_module()
+        if not cost.counted:
+            self.uncounted[cost.name] += 1
+        self.module_macs[module] += cost.macs
+        self.module_traffic[module] += cost.traffic
+        self.ops.append(OpRecord(module, cost.name, cost.macs, cost.traffic, cost.dtype))
+
+
+# Composite ops that compare the devices of their arguments before any of their ATen
+# ops reaches the dispatch mode. The RNN modules (nn.RNNBase) hand their real weights
+# straight to these, next to a meta input, so on meta their arguments are swapped one
+# level up. (Code that calls them directly, without an RNN module, counts on real.)
+_DEVICE_CHECKING_COMPOSITES = frozenset(
+    getattr(torch._C._VariableFunctions, name) for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")
+)
+
+
+class _MetaArguments(TorchFunctionMode):
+    """Gives the device-checking composites meta twins of their real tensor arguments."""
+
+    def __init__(self, mode: _CountingMode) -> None:
+        super().__init__()
+        self._mode = mode
+
+    def __torch_function__(
         self,
         func: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        out: Any,
-        macs: int,
-        traffic: int,
-    ) -> None:
-        module = self.current_module()
-        name = str(func.overloadpacket)
-        if macs < 0:
-            self.uncounted[name] += 1
-            macs = 0
-        self.module_macs[module] += macs
-        self.module_traffic[module] += traffic
-        first = next(_tensors(out), None)
-        if first is None:
-            first = next(_tensors(args), None)
-        dtype = _dtype_name(first.dtype) if first is not None else "none"
-        self.ops.append(OpRecord(module, name, macs, traffic, dtype))
-
-
-@contextmanager
-def _model_left_as_it_was(model: torch.nn.Module, *, restore_values: bool) -> Iterator[None]:
-    """Snapshot what a forward could change on the model and the RNGs; restore it after.
-
-    Attributes are restored for every module (a forward that caches a tensor, adds a
-    hook or flips ``training`` leaves no trace). Tensor *values* can only change when
-    the forward runs on real tensors, so only then are they copied and written back.
-    """
-    modules = list(model.modules())
-    saved_dicts = [_shallow_dict_copy(m) for m in modules]
-    tensors = [*model.parameters(), *model.buffers()]
-    requires_grad = [t.requires_grad for t in tensors]
-    values = [t.detach().clone() for t in tensors] if restore_values else []
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    python_rng = random.getstate()
-    try:
-        yield
-    finally:
-        for module, saved in zip(modules, saved_dicts):
-            _restore_dict(module, saved)
-        with torch.no_grad():
-            for tensor, flag, value in zip(tensors, requires_grad, values or [None] * len(tensors)):
-                if value is not None:
-                    tensor.copy_(value)
-                tensor.requires_grad_(flag)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        random.setstate(python_rng)
-
-
-@dataclass(frozen=True)
-class _SavedDict:
-    original: dict[Any, Any]
-    contents: dict[Any, Any]
-
-
-def _shallow_dict_copy(module: torch.nn.Module) -> dict[str, Any]:
-    # Inner dicts (_parameters, _buffers, _modules, hook dicts) are copied one level
-    # too, and restored in place: hook handles hold weak references to those objects.
-    return {
-        key: _SavedDict(value, dict(value)) if isinstance(value, dict) else value
-        for key, value in vars(module).items()
-    }
-
-
-def _restore_dict(module: torch.nn.Module, saved: dict[str, Any]) -> None:
-    current = vars(module)
-    for key in list(current):
-        if key not in saved:
-            del current[key]
-    for key, value in saved.items():
-        if isinstance(value, _SavedDict):
-            inner, contents = value.original, value.contents
-            if inner.keys() != contents.keys() or any(inner[k] is not v for k, v in contents.items()):
-                inner.clear()
-                inner.update(contents)
-            current[key] = inner
-        else:
-            current[key] = value
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _DEVICE_CHECKING_COMPOSITES:
+            args = self._mode.to_meta_args(args)
+            kwargs = {k: self._mode.to_meta_args(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)

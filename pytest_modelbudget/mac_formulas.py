@@ -96,9 +96,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, *_: Any, **__: Any) -> int:
     return (x.numel() // int(x.shape[-1])) * weight.numel()
 
 
-def _conv_macs(
-    x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, transposed: bool
-) -> int:
+def _conv_macs(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, transposed: bool) -> int:
     # weight is [C_out, C_in/groups, *k] (or [C_in, C_out/groups, *k] when transposed),
     # so prod(weight.shape[1:]) is the work per output (per input when transposed).
     per_element = _prod(weight.shape[1:])
@@ -132,9 +130,7 @@ def _convolution(
     aten.slow_conv_dilated3d,
     aten._nnpack_spatial_convolution,
 )
-def _direct_convolution(
-    x: torch.Tensor, weight: torch.Tensor, *_: Any, out: torch.Tensor, **__: Any
-) -> int:
+def _direct_convolution(x: torch.Tensor, weight: torch.Tensor, *_: Any, out: torch.Tensor, **__: Any) -> int:
     return _conv_macs(x, weight, out, transposed=False)
 
 
@@ -150,9 +146,7 @@ def _direct_transposed_convolution(
     return _conv_macs(x, weight, out, transposed=True)
 
 
-def _attention(
-    batch_heads: int, q_len: int, kv_len: int, qk_dim: int, v_dim: int
-) -> int:
+def _attention(batch_heads: int, q_len: int, kv_len: int, qk_dim: int, v_dim: int) -> int:
     # Q @ K^T then P @ V, dense.
     return batch_heads * q_len * kv_len * (qk_dim + v_dim)
 
@@ -168,15 +162,11 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_: Any, **__: Any)
     # Layout [..., heads, seq, dim]; with GQA, K/V have fewer heads than Q but every
     # query head still attends over the full key length.
     batch_heads = q.numel() // (int(q.shape[-2]) * int(q.shape[-1]))
-    return _attention(
-        batch_heads, int(q.shape[-2]), int(k.shape[-2]), int(q.shape[-1]), int(v.shape[-1])
-    )
+    return _attention(batch_heads, int(q.shape[-2]), int(k.shape[-2]), int(q.shape[-1]), int(v.shape[-1]))
 
 
 @_register(aten._flash_attention_forward, aten._efficient_attention_forward)
-def _attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_: Any, **__: Any
-) -> int:
+def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_: Any, **__: Any) -> int:
     # These low-level kernels take [batch, seq, heads, dim].
     batch, q_len, heads, qk_dim = (int(s) for s in q.shape)
     return _attention(batch * heads, q_len, int(k.shape[1]), qk_dim, int(v.shape[-1]))
@@ -233,18 +223,39 @@ def _encoder_layer(
     return attention + feedforward
 
 
+@_register(aten._trilinear)
+def _trilinear(
+    i1: torch.Tensor,
+    i2: torch.Tensor,
+    i3: torch.Tensor,
+    expand1: Sequence[int],
+    expand2: Sequence[int],
+    expand3: Sequence[int],
+    *_: Any,
+    **__: Any,
+) -> int:
+    # nn.Bilinear's kernel: each input is unsqueezed at its expand dims, the three are
+    # multiplied over their common broadcast shape and summed over some dims. One MAC
+    # per point of that shape: ``batch * out * in1 * in2`` for nn.Bilinear.
+    def expanded(t: torch.Tensor, dims: Sequence[int]) -> list[int]:
+        shape = [int(s) for s in t.shape]
+        for dim in sorted(dims):
+            shape.insert(dim, 1)
+        return shape
+
+    # All three have the same rank once expanded; each dim is 1 or the common size.
+    shapes = [expanded(t, d) for t, d in ((i1, expand1), (i2, expand2), (i3, expand3))]
+    return math.prod(max(sizes) for sizes in zip(*shapes, strict=True))
+
+
 def _rnn_macs(tokens: int, weights: Sequence[Any]) -> int:
     # Each 2-D weight (input-hidden, hidden-hidden, projection) is applied once per
     # token and direction; biases are additions, not MACs.
-    return tokens * sum(
-        w.numel() for w in weights if isinstance(w, torch.Tensor) and w.dim() == 2
-    )
+    return tokens * sum(w.numel() for w in weights if isinstance(w, torch.Tensor) and w.dim() == 2)
 
 
 @_register(aten.mkldnn_rnn_layer)
-def _mkldnn_rnn_layer(
-    x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, *_: Any, **__: Any
-) -> int:
+def _mkldnn_rnn_layer(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, *_: Any, **__: Any) -> int:
     return _rnn_macs(x.numel() // int(x.shape[-1]), [w_ih, w_hh])
 
 
@@ -292,6 +303,7 @@ _MAC_FREE_NAMES = frozenset(
     _embedding_bag topk sort argsort nonzero unique _unique2 searchsorted bucketize
     slice_scatter select_scatter diagonal_scatter as_strided_scatter
     one_hot _pad_packed_sequence _pack_padded_sequence split_with_sizes_copy
+    unsafe_split unsafe_split_with_sizes unsafe_chunk _linalg_check_errors
     _fused_sdp_choice _assert_async _assert_scalar sym_constrain_range_for_size
     _unsafe_index _unsafe_index_put isnan isinf clamp clamp_min clamp_max
     _to_dense _nested_tensor_from_mask _nested_tensor_from_tensor_list
@@ -308,6 +320,7 @@ def is_mac_free(func: Any) -> bool:
     if func.is_view:
         return True
     tags = func.tags
-    if torch.Tag.pointwise in tags or torch.Tag.view_copy in tags:
+    # inplace_view: ops that restride a tensor in place (squeeze_, as_strided_).
+    if torch.Tag.pointwise in tags or torch.Tag.view_copy in tags or torch.Tag.inplace_view in tags:
         return True
     return func.overloadpacket.__name__ in _MAC_FREE_NAMES

@@ -275,8 +275,8 @@ def time_forward(
     import torch
     from torch.utils._pytree import tree_map_only
 
-    from .counting import _Inventory, _model_left_as_it_was
     from .devices import device_lock
+    from .model_state import Inventory, model_left_as_it_was
 
     settings = settings or TimingSettings()
     kwargs = dict(kwargs or {})
@@ -292,7 +292,7 @@ def time_forward(
         progress(f"timing on {key}")
     with (
         device_lock(device),
-        _model_left_as_it_was(_Inventory.of(model), restore_values=True),
+        model_left_as_it_was(Inventory.of(model), restore_values=True),
         _on_device(model, device),
         _threads(threads),
         torch.inference_mode(),
@@ -502,8 +502,8 @@ def max_batch(
     import torch
     from torch.utils._pytree import tree_map_only
 
-    from .counting import _Inventory, _model_left_as_it_was
     from .devices import device_lock
+    from .model_state import Inventory, model_left_as_it_was
 
     device = torch.device(settings.device) if settings.device else model_device(model, args)
     if device.type != "cuda" or not torch.cuda.is_available():
@@ -531,7 +531,7 @@ def max_batch(
 
     with (
         device_lock(device),
-        _model_left_as_it_was(_Inventory.of(model), restore_values=True),
+        model_left_as_it_was(Inventory.of(model), restore_values=True),
         _on_device(model, device),
         torch.inference_mode(),
     ):

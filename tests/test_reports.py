@@ -37,7 +37,13 @@ def _summary_rows(stdout: str) -> dict[str, str]:
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_json_markdown_junit_agree_with_the_terminal(project: pytest.Pytester, xdist: list[str]) -> None:
     write_test(project, TESTS)
-    args = ["--model-budget", "--budget-json=out.json", "--budget-markdown=out.md", "--junitxml=junit.xml", *xdist]
+    args = [
+        "--model-budget",
+        "--budget-json=out.json",
+        "--budget-markdown=out.md",
+        "--junitxml=junit.xml",
+        *xdist,
+    ]
     result = project.runpytest_subprocess(*args) if xdist else project.runpytest(*args)
     result.assert_outcomes(passed=2, failed=1)
     terminal = _summary_rows(result.stdout.str())
@@ -50,13 +56,31 @@ def test_json_markdown_junit_agree_with_the_terminal(project: pytest.Pytester, x
     document = json.loads((project.path / "out.json").read_text())
     assert document["schema"] == "pytest-modelbudget-report" and document["version"] == 1
     assert set(document["environment"]) == {"plugin", "torch", "python", "platform", "cpu"}
-    assert document["summary"] == {"calls": 3, "ok": 0, "over": 1, "inconclusive": 0, "shrank": 0, "new": 2, "updated": 0}
+    assert document["summary"] == {
+        "calls": 3,
+        "ok": 0,
+        "over": 1,
+        "inconclusive": 0,
+        "shrank": 0,
+        "new": 2,
+        "updated": 0,
+    }
     calls = {c["key"]: c for c in document["calls"]}
     assert {k: c["verdict"] for k, c in calls.items()} == terminal
     over = calls["test_model.py::test_over"]
     assert over["metrics"]["params"] == 110 and over["metrics"]["macs"] == 100
     assert over["checks"] == [
-        {"metric": "params", "measured": 110, "reference": 100.0, "source": "marker", "status": "over", "tolerance": 0.0, "note": "", "change": "+10.0%", "usage": 1.1}
+        {
+            "metric": "params",
+            "measured": 110,
+            "reference": 100.0,
+            "source": "marker",
+            "status": "over",
+            "tolerance": 0.0,
+            "note": "",
+            "change": "+10.0%",
+            "usage": 1.1,
+        }
     ]
     assert calls["test_model.py::test_simple"]["modules"]["fc1"] == {"macs": 1000000, "params": 1000500}
     assert calls["test_model.py::test_named#small"]["name"] == "small"
@@ -64,7 +88,10 @@ def test_json_markdown_junit_agree_with_the_terminal(project: pytest.Pytester, x
 
     markdown = (project.path / "out.md").read_text()
     assert "**2 within budget, 1 over, 0 inconclusive**" in markdown
-    assert "| `test_model.py::test_over` | params | 110 | limit (marker) 100 | +10.0% | ██████████ 110% | over |" in markdown
+    assert (
+        "| `test_model.py::test_over` | params | 110 | limit (marker) 100 | +10.0% | ██████████ 110% | over |"
+        in markdown
+    )
     assert markdown.count("| `test_model.py::") == 3
 
     properties = {}
@@ -91,12 +118,21 @@ def test_github_step_summary_is_appended(project: pytest.Pytester, monkeypatch: 
 def test_unwritable_report_path_is_a_clear_error(project: pytest.Pytester) -> None:
     write_test(project, TESTS)
     result = project.runpytest("--model-budget", "--budget-json=missing/dir/out.json")
-    result.stderr.fnmatch_lines(["ERROR: pytest-modelbudget: cannot write a report to *missing/dir/out.json: No such file or directory"])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-modelbudget: cannot write a report to *missing/dir/out.json: No such file or directory"
+        ]
+    )
     assert "Traceback" not in result.stderr.str()
 
 
-def test_pytest_benchmark_gets_the_metrics_and_a_synchronizing_timer(project: pytest.Pytester) -> None:
+def test_pytest_benchmark_gets_the_metrics_and_a_synchronizing_timer(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("pytest_benchmark")
+    # When this suite runs under xdist, the inner run inherits the worker's environment,
+    # and pytest-benchmark switches itself off in any xdist worker.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     write_test(
         project,
         """

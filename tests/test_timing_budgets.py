@@ -198,7 +198,9 @@ def test_inconclusive_is_a_warning_and_fails_under_strict(
             "*inconclusive*",
         ]
     )
-    result = timed.runpytest("--model-budget", "--budget-strict", "--budget-time=0.3", "-W", "ignore::pytest.PytestWarning")
+    result = timed.runpytest(
+        "--model-budget", "--budget-strict", "--budget-time=0.3", "-W", "ignore::pytest.PytestWarning"
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*--budget-strict: inconclusive timing is a failure*"])
 
