@@ -22,6 +22,7 @@ it raises.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
@@ -83,6 +84,10 @@ class Counts:
     uncounted: Mapping[str, int]
     executed_on: str
     convention: str = CONVENTION
+    # Estimated peak of the bytes of tensors the forward allocated and still held: an
+    # estimate of activation memory from the dispatch trace (no allocator, caching or
+    # workspace; views share their base's bytes).
+    peak_memory: int = 0
     ops: tuple[OpRecord, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -115,6 +120,7 @@ class Counts:
             "uncounted": dict(self.uncounted),
             "executed_on": self.executed_on,
             "convention": self.convention,
+            "peak_memory": self.peak_memory,
         }
 
     @classmethod
@@ -131,6 +137,7 @@ class Counts:
             uncounted={str(k): int(v) for k, v in data["uncounted"].items()},
             executed_on=str(data["executed_on"]),
             convention=str(data["convention"]),
+            peak_memory=int(data.get("peak_memory", 0)),
         )
 
 
@@ -224,6 +231,7 @@ def _assemble(inventory: Inventory, mode: _CountingMode, executed_on: str) -> Co
         modules=modules,
         uncounted=dict(sorted(mode.uncounted.items())),
         executed_on=executed_on,
+        peak_memory=mode.memory.peak,
         ops=tuple(mode.ops),
     )
 
@@ -399,6 +407,28 @@ class _OpCost(NamedTuple):
     counted: bool  # False: arithmetic the convention has no formula for
 
 
+class _LiveBytes:
+    """Bytes of the tensors that ops allocated and that are still alive, and their peak.
+
+    Each fresh output gets a finalizer that subtracts its bytes when the forward drops it,
+    which CPython does as soon as the last reference goes.
+    """
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+
+    def allocated(self, out: Any) -> None:
+        for tensor in _tensors(out):
+            nbytes = tensor.numel() * tensor.element_size()
+            self.live += nbytes
+            weakref.finalize(tensor, self._freed, nbytes)
+        self.peak = max(self.peak, self.live)
+
+    def _freed(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
 class _CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts each ATen op; in meta mode also swaps real tensors for meta ones."""
 
@@ -410,6 +440,7 @@ class _CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.module_traffic: Counter[str] = Counter()
         self.uncounted: Counter[str] = Counter()
         self.ops: list[OpRecord] = []
+        self.memory = _LiveBytes()
         # id(real tensor) -> (real tensor, meta twin). Holding the real tensor keeps
         # its id from being reused by a new tensor during the count.
         self._meta_twins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -457,10 +488,11 @@ class _CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     ) -> Any:
         kwargs = kwargs or {}
         info = _op_info(func)
-        if self.to_meta:
-            return self._run_meta(func, info, args, kwargs)
-        out = func(*args, **kwargs)
-        self._record(self._costs(info, args, kwargs, out))
+        out = self._run_meta(func, info, args, kwargs) if self.to_meta else func(*args, **kwargs)
+        if not self.to_meta:
+            self._record(self._costs(info, args, kwargs, out))
+        if info.plan == "fresh":  # a new tensor, not a view or an argument changed in place
+            self.memory.allocated(out)
         return out
 
     def _run_meta(self, func: Any, info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

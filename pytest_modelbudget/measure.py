@@ -70,6 +70,11 @@ def measure_call(
     roofline_ms = _roofline_ms(counts, marker, file_budget, settings)
     if roofline_ms is not None:
         measured["roofline_ms"] = roofline_ms
+    # Peak memory: on CUDA the allocator's peak from a real forward (below); elsewhere the
+    # estimate from the dispatch trace.
+    on_cuda = _runs_on_cuda(model, args, marker, file_budget, settings)
+    if not on_cuda:
+        measured["memory"] = counts.peak_memory
     has_baseline = entry is not None and bool(entry.metrics)
     checks = budgets.check(
         measured,
@@ -93,6 +98,11 @@ def measure_call(
         if batch_checks:
             measured["max_batch"] = batch_checks[0].measured
             checks += batch_checks
+    if on_cuda and "memory" not in measured and _limits(marker, file_budget, "memory"):
+        from .timing import cuda_peak_memory
+
+        measured["memory"] = cuda_peak_memory(model, args, kwargs)
+        checks += _memory_checks(measured, marker, file_budget)
     result = CallResult(
         nodeid=nodeid,
         name=name,
@@ -227,6 +237,20 @@ def _time_and_judge(
     # Probes go into the baseline next to the timing they describe.
     probes = measure_probes() if settings.update else {}
     return best, checks, probes
+
+
+def _limits(marker: Budget, file_budget: Budget | None, metric: str) -> bool:
+    return metric in marker.limits or (file_budget is not None and metric in file_budget.limits)
+
+
+def _runs_on_cuda(
+    model: Any, args: tuple[Any, ...], marker: Budget, file_budget: Budget | None, settings: CallSettings
+) -> bool:
+    from .timing import model_device
+
+    options = {**(file_budget.options if file_budget else {}), **marker.options}
+    device = options.get("device", settings.timing.device)
+    return str(device or model_device(model, args)).startswith("cuda")
 
 
 def _memory_checks(measured: Mapping[str, float], marker: Budget, file_budget: Budget | None) -> list[Check]:

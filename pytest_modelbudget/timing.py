@@ -323,6 +323,22 @@ def time_forward(
     return TimingStats(**{**stats.to_dict(), "fingerprint": key, "batch_size": batch, "peak_memory": peak})
 
 
+def cuda_peak_memory(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """CUDA allocator peak of one forward above the level before it; the model is left as it was."""
+    import torch
+
+    from .model_state import Inventory, model_left_as_it_was
+
+    device = model_device(model, args)
+    with model_left_as_it_was(Inventory.of(model), restore_values=True), torch.inference_mode():
+        try:
+            return _cuda_peak_memory(lambda: model(*args, **kwargs), device)
+        except torch.OutOfMemoryError as error:
+            raise MeasurementError(f"ran out of memory on {device} ({str(error).splitlines()[0]})") from None
+        finally:
+            torch.cuda.empty_cache()
+
+
 def _cuda_peak_memory(forward: Callable[[], object], device: Any) -> int:
     import torch
 
