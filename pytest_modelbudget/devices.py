@@ -109,12 +109,14 @@ PROBES: Mapping[str, Callable[[], Callable[[], object]]] = {
 }
 
 
-def measure_probes(repeats: int = 15) -> dict[str, float]:
-    """Milliseconds of each probe at one thread: the minimum of ``repeats`` runs.
+def measure_probes(repeats: int = 21) -> dict[str, float]:
+    """Milliseconds of each probe at one thread: the median of ``repeats`` runs.
 
-    The minimum, not the median: a probe should say how fast the machine can be right
-    now, without the odd interruption of a single run.
+    The median, like the model's latency: a machine shared with other work slows both the
+    model and the probes, and the verdict compares the two.
     """
+    import statistics
+
     import torch
 
     threads = torch.get_num_threads()
@@ -124,12 +126,12 @@ def measure_probes(repeats: int = 15) -> dict[str, float]:
         for name, make in PROBES.items():
             work = make()
             work()  # warm-up
-            best = float("inf")
+            runs = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 work()
-                best = min(best, time.perf_counter() - start)
-            results[name] = best * 1e3
+                runs.append(time.perf_counter() - start)
+            results[name] = statistics.median(runs) * 1e3
         return results
     finally:
         torch.set_num_threads(threads)

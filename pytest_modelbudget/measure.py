@@ -193,7 +193,14 @@ def _time_and_judge(
     batch = int(options.get("batch_size") or batch_size_of(args, kwargs))
     stored = entry.timing.get(fingerprint_for(model, args, timing_settings)) if entry else None
     baseline = (
-        LatencyBaseline(stored["median_ms"], stored["p90_ms"], stored["spread"], stored.get("probes", {}))
+        LatencyBaseline(
+            stored["median_ms"],
+            stored["p90_ms"],
+            stored["spread"],
+            stored.get("probes", {}),
+            stored.get("min_ms"),
+            int(stored.get("samples", 0)),
+        )
         if stored and "median_ms" in stored and "p90_ms" in stored and "spread" in stored
         else None
     )

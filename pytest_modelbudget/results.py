@@ -76,6 +76,7 @@ class CallResult:
             stats = {
                 "median_ms": self.timing["median_ms"],
                 "p90_ms": self.timing["p90_ms"],
+                "min_ms": self.timing["min_ms"],
                 "spread": self.timing["iqr_ms"] / self.timing["median_ms"]
                 if self.timing["median_ms"]
                 else 0.0,

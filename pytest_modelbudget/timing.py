@@ -362,9 +362,16 @@ class LatencyBaseline:
     p90_ms: float
     spread: float
     probes: Mapping[str, float] = field(default_factory=dict)
+    min_ms: float | None = None  # the fastest call: what interference cannot inflate
+    samples: int = 0
 
     def stat(self, name: str) -> float:
         return self.p90_ms if name == "p90" else self.median_ms
+
+
+def _standard_error(spread: float, samples: int) -> float:
+    # Relative standard error of a median from the IQR: 1.2533 * sigma / sqrt(n), sigma ~= IQR / 1.349.
+    return 0.929 * spread / math.sqrt(samples) if samples > 0 else spread
 
 
 @dataclass(frozen=True)
@@ -385,25 +392,42 @@ def judge(
 ) -> TimingVerdict:
     """Pure decision for one call, from the measurements taken so far.
 
-    ``measured`` is the best of the measurements: interference only ever makes a run
-    slower, so the fastest run is the closest to the model's real speed. ``noise`` is the
-    larger of the spreads inside the runs and the baseline. ``slowdown`` is how much slower
-    the machine's probes are than when the baseline was recorded (None: not probed yet).
+    A slowdown beyond ``tolerance`` fails only when nothing else explains it:
+
+    * ``measured`` is the best of the measurements: interference only ever makes a run
+      slower, so the fastest run is the closest to the model's real speed;
+    * *interference*: when the fastest calls are still within tolerance of the baseline's
+      fastest calls, the model itself did not get slower -- time was lost to other work on
+      the machine (a slower model makes every call slower, the fastest ones too);
+    * *noise*: the difference must exceed three standard errors of both medians;
+    * *the machine*: ``slowdown`` is how much slower the speed probes run than when the
+      baseline was recorded (None: not probed yet).
     """
     best = min(measurements, key=lambda m: m.stat(stat))
     measured, reference = best.stat(stat), baseline.stat(stat)
     allowed = reference * (1.0 + tolerance)
     if measured <= allowed:
         return TimingVerdict("ok", measured, reference)
-    noise = max(best.spread, baseline.spread)
-    if measured <= allowed * (1.0 + 2.0 * noise):
+    fastest = min(m.min_ms for m in measurements)
+    if baseline.min_ms and fastest <= baseline.min_ms * (1.0 + tolerance):
         return TimingVerdict(
             "inconclusive",
             measured,
             reference,
-            f"beyond the {tolerance:.0%} tolerance but within the measured noise (spread {noise:.1%})",
+            f"the fastest calls ({fastest:.4g} ms) are within {tolerance:.0%} of the baseline's "
+            f"({baseline.min_ms:.4g} ms): the time was lost to other work on this machine",
         )
-    machine_explains = slowdown is not None and measured <= allowed * slowdown * (1.0 + noise)
+    error = max(
+        _standard_error(best.spread, best.samples), _standard_error(baseline.spread, baseline.samples)
+    )
+    if measured <= allowed * (1.0 + 3.0 * error):
+        return TimingVerdict(
+            "inconclusive",
+            measured,
+            reference,
+            f"beyond the {tolerance:.0%} tolerance but within the measured noise (spread {best.spread:.1%})",
+        )
+    machine_explains = slowdown is not None and measured <= allowed * slowdown
     if slowdown is not None and slowdown > 1.0 + tolerance / 2 and machine_explains:
         return TimingVerdict(
             "inconclusive",

@@ -219,3 +219,30 @@ def test_max_batch_refuses_cpu() -> None:
 
     with pytest.raises(MeasurementError, match="min_max_batch needs a CUDA device"):
         max_batch(torch.nn.Linear(2, 2), (torch.randn(1, 2),), {}, TimingSettings(device="cpu"), limit=8)
+
+
+WITH_MIN = LatencyBaseline(median_ms=10.0, p90_ms=12.0, spread=0.02, min_ms=9.0, samples=100)
+
+
+def run_with(median: float, fastest: float) -> TimingStats:
+    return TimingStats(
+        median, median * 1.1, fastest, median, median * 0.02, samples=100, calls=1000, wall_s=1.0
+    )
+
+
+def test_interference_slows_the_median_but_not_the_fastest_calls() -> None:
+    verdict = judge([run_with(13.0, 9.5)], WITH_MIN, tolerance=0.10)
+    assert verdict.status == "inconclusive"
+    assert "fastest calls (9.5 ms) are within 10% of the baseline's (9 ms)" in verdict.reason
+
+
+def test_a_slower_model_slows_its_fastest_calls_too() -> None:
+    assert judge([run_with(13.0, 11.7)], WITH_MIN, tolerance=0.10).status == "over"
+
+
+def test_the_noise_margin_shrinks_with_more_samples() -> None:
+    few = LatencyBaseline(median_ms=10.0, p90_ms=12.0, spread=0.2, samples=4)
+    many = LatencyBaseline(median_ms=10.0, p90_ms=12.0, spread=0.2, samples=400)
+    measured = [TimingStats(11.6, 12.0, 10.0, 11.6, 0.0, samples=400, calls=400, wall_s=1.0)]
+    assert judge(measured, few, tolerance=0.10).status == "inconclusive"  # 3 x 9.3% standard error
+    assert judge(measured, many, tolerance=0.10).status == "over"  # 3 x 0.9%
