@@ -41,6 +41,7 @@ def test_json_markdown_junit_agree_with_the_terminal(project: pytest.Pytester, x
         "--model-budget",
         "--budget-json=out.json",
         "--budget-markdown=out.md",
+        "--budget-html=out.html",
         "--junitxml=junit.xml",
         *xdist,
     ]
@@ -93,6 +94,12 @@ def test_json_markdown_junit_agree_with_the_terminal(project: pytest.Pytester, x
         in markdown
     )
     assert markdown.count("| `test_model.py::") == 3
+
+    html = (project.path / "out.html").read_text()
+    for key in terminal:
+        nodeid, _, name = key.partition("#")
+        assert nodeid in html and name in html
+    assert html.count("<svg") >= 3  # a module chart per call
 
     properties = {}
     for case in ET.parse(project.path / "junit.xml").getroot().iter("testcase"):
