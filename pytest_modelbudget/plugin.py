@@ -163,7 +163,7 @@ def _resolve_settings(config: pytest.Config) -> Settings:
             strict=bool(value("budget_strict")),
             timing_enabled=not value("budget_no_timing"),
             timing=TimingSettings(
-                device=budgets.CALL_OPTIONS["device"](value("budget_device"))
+                device=str(budgets.CALL_OPTIONS["device"](value("budget_device")))
                 if value("budget_device")
                 else None,
                 threads=_positive_int(value("budget_threads"), "--budget-threads"),

@@ -16,17 +16,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from .errors import UnitError, shown
 
-
-class _Op(Protocol):
-    module: str
-    op: str
-    macs: int
-    memory_traffic: int
-    dtype: str
+if TYPE_CHECKING:
+    from .counting import OpRecord
 
 
 @dataclass(frozen=True)
@@ -99,7 +94,7 @@ class RooflineEstimate:
         return dict(grouped)
 
 
-def estimate(ops: Iterable[_Op], spec: HardwareSpec) -> RooflineEstimate:
+def estimate(ops: Iterable[OpRecord], spec: HardwareSpec) -> RooflineEstimate:
     """Sum of per-op roofline times for the ops of one counted forward."""
     total = memory_bound = 0.0
     by_module: dict[str, float] = defaultdict(float)

@@ -218,7 +218,8 @@ def _cuda_block_timer(call: Callable[[], object]) -> Callable[[int], float]:
     import torch
 
     def run_block(number: int) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         torch.cuda.synchronize()
         start.record()
         for _ in range(number):
@@ -243,7 +244,7 @@ def _cpu_block_timer(call: Callable[[], object]) -> Callable[[int], float]:
 def _capture_cuda_graph(forward: Callable[[], object]) -> Callable[[], object]:
     import torch
 
-    stream = torch.cuda.Stream()
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):  # warm up on a side stream, as capture requires
