@@ -155,7 +155,7 @@ def _roofline_ms(
     from .errors import MeasurementError
     from .roofline import estimate, hardware
 
-    options = {**(file_budget.options if file_budget else {}), **marker.options}
+    options = _options(marker, file_budget)
     spec = options.get("hardware", settings.hardware)
     limited = "roofline_ms" in marker.limits or (
         file_budget is not None and "roofline_ms" in file_budget.limits
@@ -182,7 +182,7 @@ def _time_and_judge(
     from .devices import measure_probes
     from .timing import batch_size_of, fingerprint_for, measure_and_judge, time_forward
 
-    options = {**(file_budget.options if file_budget else {}), **marker.options}  # the marker wins
+    options = _options(marker, file_budget)
     timing_settings = replace(
         settings.timing,
         device=options.get("device", settings.timing.device),
@@ -206,9 +206,7 @@ def _time_and_judge(
     )
     # Every latency-like limit, as (metric, source, limit, limit in ms per call).
     limits: list[tuple[str, str, float, float]] = []
-    for source, budget in (("marker", marker), ("budgets.yaml limits", file_budget)):
-        if budget is None:
-            continue
+    for source, budget in _sources(marker, file_budget):
         if "latency_ms" in budget.limits:
             limits.append(("latency_ms", source, budget.limits["latency_ms"], budget.limits["latency_ms"]))
         if "throughput" in budget.limits:
@@ -246,6 +244,16 @@ def _time_and_judge(
     return best, checks, probes
 
 
+def _sources(marker: Budget, file_budget: Budget | None) -> list[tuple[str, Budget]]:
+    """The budgets that apply to a call, with the name each check reports as its source."""
+    return [("marker", marker)] + ([("budgets.yaml limits", file_budget)] if file_budget else [])
+
+
+def _options(marker: Budget, file_budget: Budget | None) -> dict[str, Any]:
+    """Measurement options (device, cuda_graph, hardware, ...): the marker wins over the file."""
+    return {**(file_budget.options if file_budget else {}), **marker.options}
+
+
 def _limits(marker: Budget, file_budget: Budget | None, metric: str) -> bool:
     return metric in marker.limits or (file_budget is not None and metric in file_budget.limits)
 
@@ -255,7 +263,7 @@ def _runs_on_cuda(
 ) -> bool:
     from .timing import model_device
 
-    options = {**(file_budget.options if file_budget else {}), **marker.options}
+    options = _options(marker, file_budget)
     device = options.get("device", settings.timing.device)
     return str(device or model_device(model, args)).startswith("cuda")
 
@@ -264,8 +272,8 @@ def _memory_checks(measured: Mapping[str, float], marker: Budget, file_budget: B
     # Only now is the peak known; the counting checks ran before timing.
     memory_only = [
         (source, Budget(limits={"memory": budget.limits["memory"]}))
-        for source, budget in (("marker", marker), ("budgets.yaml limits", file_budget))
-        if budget is not None and "memory" in budget.limits
+        for source, budget in _sources(marker, file_budget)
+        if "memory" in budget.limits
     ]
     return [
         check for source, budget in memory_only for check in budgets.check_limits(measured, budget, source)
@@ -284,12 +292,12 @@ def _max_batch_checks(
 
     required = [
         (source, budget.limits["max_batch"])
-        for source, budget in (("marker", marker), ("budgets.yaml limits", file_budget))
-        if budget is not None and "max_batch" in budget.limits
+        for source, budget in _sources(marker, file_budget)
+        if "max_batch" in budget.limits
     ]
     if not required:
         return []
-    options = {**(file_budget.options if file_budget else {}), **marker.options}
+    options = _options(marker, file_budget)
     timing_settings = replace(settings.timing, device=options.get("device", settings.timing.device))
     found = max_batch(model, args, kwargs, timing_settings, limit=int(4 * max(n for _, n in required)))
     return [Check("max_batch", found, n, source, "over" if found < n else "ok") for source, n in required]
