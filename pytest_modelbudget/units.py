@@ -83,26 +83,25 @@ def parse_count(value: object) -> float:
     return _check_number(value, COUNT_FORMAT)
 
 
+def _parse_with_unit(value: object, units: dict[str, float], accepted: str) -> float:
+    """A number, or a string of a number and a unit from ``units`` (case-insensitive)."""
+    if isinstance(value, str):
+        parts = _split(value.replace("µ", "u"))
+        unit = parts[1].upper() if parts is not None else ""
+        if parts is None or unit not in units:
+            raise UnitError(f"{shown(value)} is not {accepted}")
+        return _check_number(parts[0] * units[unit], accepted)
+    return _check_number(value, accepted)
+
+
 def parse_bytes(value: object) -> float:
     """A size in bytes: ``4030360``, ``"1.5 GB"``, ``"300 MiB"``."""
-    if isinstance(value, str):
-        parts = _split(value)
-        unit = parts[1].upper() if parts is not None else ""
-        if parts is None or unit not in _BYTE_UNITS:
-            raise UnitError(f"{shown(value)} is not {BYTES_FORMAT}")
-        return _check_number(parts[0] * _BYTE_UNITS[unit], BYTES_FORMAT)
-    return _check_number(value, BYTES_FORMAT)
+    return _parse_with_unit(value, _BYTE_UNITS, BYTES_FORMAT)
 
 
 def parse_duration_ms(value: object) -> float:
     """A duration in milliseconds: ``12``, ``"12ms"``, ``"1.5 s"``, ``"300us"``."""
-    if isinstance(value, str):
-        parts = _split(value.replace("µ", "u"))
-        unit = parts[1].upper() if parts is not None else ""
-        if parts is None or unit not in _DURATION_UNITS:
-            raise UnitError(f"{shown(value)} is not {DURATION_FORMAT}")
-        return _check_number(parts[0] * _DURATION_UNITS[unit], DURATION_FORMAT)
-    return _check_number(value, DURATION_FORMAT)
+    return _parse_with_unit(value, _DURATION_UNITS, DURATION_FORMAT)
 
 
 def parse_rate(value: object) -> float:
