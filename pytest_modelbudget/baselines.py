@@ -40,7 +40,17 @@ HEADER = """\
 
 _ENTRY_KEYS = ("convention", *RATCHETED, "modules", "timing", "limits")
 # Per device fingerprint under `timing:`; all but `probes` are numbers.
-TIMING_KEYS = ("median_ms", "p90_ms", "min_ms", "spread", "samples", "peak_memory", "max_batch", "probes")
+TIMING_KEYS = (
+    "median_ms",
+    "p90_ms",
+    "min_ms",
+    "relative",
+    "spread",
+    "samples",
+    "peak_memory",
+    "max_batch",
+    "probes",
+)
 
 
 @dataclass(frozen=True)

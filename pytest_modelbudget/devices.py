@@ -6,9 +6,13 @@
 * The *device lock* is a cross-process file lock per device on this host, so pytest-xdist
   workers never time on the same device at once (counting stays parallel).
 * *Probes* are tiny fixed workloads timed next to the model. Shared CI machines go
-  through slow periods in which all work slows down; when the probes slowed as much as
-  the model did, the machine explains the slowdown and the verdict is "inconclusive",
-  not a failure.
+  through slow periods, seconds to minutes long, in which all work slows down by 20-50%.
+  On CPU a probe runs before every timed block (:class:`SpeedProbe`), so a measurement
+  knows how fast the machine was at each moment, and the verdict compares the model's
+  time *relative to the machine's speed* with the baseline's. Elsewhere (CUDA) the probes
+  run once after a slow-looking measurement (:func:`measure_probes`): when they slowed as
+  much as the model did, the machine explains the slowdown and the verdict is
+  "inconclusive", not a failure.
 """
 
 from __future__ import annotations
@@ -107,6 +111,33 @@ PROBES: Mapping[str, Callable[[], Callable[[], object]]] = {
     "copy": _probe_copy,
     "python": _probe_python,
 }
+
+
+class SpeedProbe:
+    """The machine's speed at this moment: one run of the matmul probe, in seconds.
+
+    Called before every timed block on CPU, so each block's time can be divided by the
+    machine's speed just before it. Of the probes the matmul follows models best through a
+    slow period (measured: see docs/benchmarks.md), and it costs about 0.2 ms.
+    """
+
+    def __init__(self) -> None:
+        self._work = PROBES["matmul"]()
+        self._work()  # warm-up
+        self.runs_s: list[float] = []
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self._work()
+        elapsed = time.perf_counter() - start
+        self.runs_s.append(elapsed)
+        return elapsed
+
+    def medians_ms(self) -> dict[str, float]:
+        """The probe's median time, as stored with a baseline (``{"matmul": ms}``)."""
+        import statistics
+
+        return {"matmul": statistics.median(self.runs_s) * 1e3} if self.runs_s else {}
 
 
 def measure_probes(repeats: int = 21) -> dict[str, float]:

@@ -180,7 +180,14 @@ def _time_and_judge(
     progress: Progress | None,
 ) -> tuple[TimingStats, list[Check], Mapping[str, float]]:
     from .devices import measure_probes
-    from .timing import batch_size_of, fingerprint_for, measure_and_judge, time_forward
+    from .timing import (
+        RECORD_MEASUREMENTS,
+        batch_size_of,
+        fingerprint_for,
+        measure_and_judge,
+        recorded,
+        time_forward,
+    )
 
     options = _options(marker, file_budget)
     timing_settings = replace(
@@ -192,18 +199,7 @@ def _time_and_judge(
     tolerance = float(options.get("latency_tolerance", settings.latency_tolerance))
     batch = int(options.get("batch_size") or batch_size_of(args, kwargs))
     stored = entry.timing.get(fingerprint_for(model, args, timing_settings)) if entry else None
-    baseline = (
-        LatencyBaseline(
-            stored["median_ms"],
-            stored["p90_ms"],
-            stored["spread"],
-            stored.get("probes", {}),
-            stored.get("min_ms"),
-            int(stored.get("samples", 0)),
-        )
-        if stored and "median_ms" in stored and "p90_ms" in stored and "spread" in stored
-        else None
-    )
+    baseline = LatencyBaseline.from_stored(stored) if stored else None
     # Every latency-like limit, as (metric, source, limit, limit in ms per call).
     limits: list[tuple[str, str, float, float]] = []
     for source, budget in _sources(marker, file_budget):
@@ -223,8 +219,9 @@ def _time_and_judge(
         tolerance=tolerance,
         stat=stat,
         probe=measure_probes,
+        at_least=RECORD_MEASUREMENTS if settings.update else 1,
     )
-    best = min(measurements, key=lambda m: m.stat(stat))
+    best = recorded(measurements, stat) if settings.update else min(measurements, key=lambda m: m.stat(stat))
     checks = [_limit_check(limit, verdict, best) for limit, verdict in zip(limits, verdicts, strict=False)]
     if baseline is not None:
         verdict = verdicts[-1]
@@ -239,8 +236,9 @@ def _time_and_judge(
                 verdict.reason,
             )
         )
-    # Probes go into the baseline next to the timing they describe.
-    probes = measure_probes() if settings.update else {}
+    # Probes go into the baseline next to the timing they describe: on CPU those taken
+    # during the measurement, elsewhere a set taken now.
+    probes = (best.probes or measure_probes()) if settings.update else {}
     return best, checks, probes
 
 

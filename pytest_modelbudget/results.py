@@ -84,6 +84,8 @@ class CallResult:
             }
             if self.timing.get("peak_memory") is not None:
                 stats["peak_memory"] = self.timing["peak_memory"]
+            if self.timing.get("relative") is not None:
+                stats["relative"] = self.timing["relative"]
             if self.probes:
                 stats["probes"] = dict(self.probes)
             timing[self.timing["fingerprint"]] = stats

@@ -28,7 +28,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import MeasurementError
@@ -41,6 +41,9 @@ class TimingSettings:
     device: str | None = None  # None: where the model's parameters are
     threads: int = 1  # CPU threads while timing
     time_budget_s: float = 1.5  # wall time for one measurement, warm-up included
+    # Sample at least this long even when the median is already precise: a shared machine's
+    # speed changes over seconds, and a tenth of a second would see one moment of it.
+    min_time_s: float = 1.0
     precision: float = 0.01  # stop early once the median's relative standard error is below this
     cuda_graph: bool = False
     min_samples: int = 10
@@ -63,6 +66,10 @@ class TimingStats:
     fingerprint: str = ""
     batch_size: int = 1
     peak_memory: int | None = None  # CUDA allocator peak above the pre-forward level
+    # CPU: the median over blocks of (time per call / time of the speed probe run just before
+    # the block) -- the model's cost in units of the machine's speed at that moment.
+    relative: float | None = None
+    probes: Mapping[str, float] = field(default_factory=dict)  # median probe times during the measurement, ms
 
     @property
     def spread(self) -> float:
@@ -78,7 +85,7 @@ class TimingStats:
         return self.p90_ms if name == "p90" else self.median_ms
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"probes": dict(self.probes)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TimingStats:
@@ -114,18 +121,28 @@ def _relative_error(samples: Sequence[float]) -> float:
     return 0.929 * (q3 - q1) / math.sqrt(len(samples)) / median if median else 0.0
 
 
+# The clock of every measurement; a module attribute so end-to-end tests can replace it
+# together with the block timer (``run_block``) and so fake the passing of time.
+wall_clock: Callable[[], float] = time.perf_counter
+
+
 def run_rounds(
     run_block: Callable[[int], float],
     settings: TimingSettings,
     *,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] | None = None,
     progress: Progress | None = None,
+    speed_probe: Callable[[], float] | None = None,
 ) -> TimingStats:
     """The adaptive loop: calibrate the block size, then time blocks until precise or out of time.
 
     ``run_block(n)`` runs ``n`` calls and returns their total time in seconds; ``clock``
-    measures wall time spent (both are replaceable, so the loop is tested with fakes).
+    measures wall time spent (default :data:`wall_clock`; both are replaceable, so the loop
+    is tested with fakes).
+    ``speed_probe()`` (CPU) runs a small fixed workload before every block and returns its
+    time; the ratio of each block's time per call to it goes into ``relative``.
     """
+    clock = clock or wall_clock
     start = clock()
     deadline = start + settings.time_budget_s
     # Warm-up: at least two calls, then up to a tenth of the budget.
@@ -139,15 +156,21 @@ def run_rounds(
         progress(f"warm-up {warm_calls} calls, {per_call * 1e3:.3g} ms per call; blocks of {number}")
     samples: list[float] = []
     calls = 0
+    ratios: list[float] = []
     while True:
+        probe_s = speed_probe() if speed_probe else None
         samples.append(run_block(number) / number)
+        if probe_s:
+            ratios.append(samples[-1] / probe_s)
         calls += number
-        enough = len(samples) >= settings.min_samples
+        enough = len(samples) >= settings.min_samples and clock() - start >= settings.min_time_s
         if enough and _relative_error(samples) <= settings.precision:
             break
         if len(samples) >= settings.max_samples or (clock() >= deadline and len(samples) >= 3):
             break
     stats = summarize(samples, calls=calls, wall_s=clock() - start)
+    if ratios:
+        stats = replace(stats, relative=statistics.median(ratios))
     if progress:
         progress(
             f"{stats.samples} samples of {number} calls in {stats.wall_s:.2f} s: "
@@ -276,7 +299,7 @@ def time_forward(
     import torch
     from torch.utils._pytree import tree_map_only
 
-    from .devices import device_lock
+    from .devices import SpeedProbe, device_lock
     from .model_state import Inventory, model_left_as_it_was
 
     settings = settings or TimingSettings()
@@ -311,7 +334,9 @@ def time_forward(
                 stats = run_rounds(_cuda_block_timer(call), settings, progress=progress)
             else:
                 peak = None
-                stats = run_rounds(_cpu_block_timer(forward), settings, progress=progress)
+                probe = SpeedProbe()
+                stats = run_rounds(_cpu_block_timer(forward), settings, progress=progress, speed_probe=probe)
+                stats = replace(stats, probes=probe.medians_ms())
         except torch.OutOfMemoryError as error:
             raise MeasurementError(
                 f"ran out of memory on {device} while timing ({str(error).splitlines()[0]}); "
@@ -363,11 +388,42 @@ class LatencyBaseline:
     p90_ms: float
     spread: float
     probes: Mapping[str, float] = field(default_factory=dict)
-    min_ms: float | None = None  # the fastest call: what interference cannot inflate
+    min_ms: float | None = None
     samples: int = 0
+    # The model's cost relative to the machine's speed (TimingStats.relative; CPU only).
+    # Baselines without it (CUDA, or written before it existed) are judged by the latency alone.
+    relative: float | None = None
 
     def stat(self, name: str) -> float:
         return self.p90_ms if name == "p90" else self.median_ms
+
+    @classmethod
+    def from_stats(cls, stats: TimingStats, probes: Mapping[str, float] | None = None) -> LatencyBaseline:
+        """The baseline a measurement records (``probes``: when not taken during it)."""
+        return cls(
+            median_ms=stats.median_ms,
+            p90_ms=stats.p90_ms,
+            spread=stats.spread,
+            probes=dict(stats.probes if probes is None else probes),
+            min_ms=stats.min_ms,
+            samples=stats.samples,
+            relative=stats.relative,
+        )
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> LatencyBaseline | None:
+        """From a ``timing:`` entry of budgets.yaml; None when it holds no latency."""
+        if not all(key in stored for key in ("median_ms", "p90_ms", "spread")):
+            return None
+        return cls(
+            median_ms=stored["median_ms"],
+            p90_ms=stored["p90_ms"],
+            spread=stored["spread"],
+            probes=dict(stored.get("probes", {})),
+            min_ms=stored.get("min_ms"),
+            samples=int(stored.get("samples", 0)),
+            relative=stored.get("relative"),
+        )
 
 
 def _standard_error(spread: float, samples: int) -> float:
@@ -381,6 +437,15 @@ class TimingVerdict:
     measured_ms: float  # the statistic of the best (least disturbed) measurement
     reference_ms: float
     reason: str = ""
+    own_slowdown: float | None = None  # the model's own slowdown, when the baseline allows it (see judge)
+    machine: float | None = None  # how much slower the machine ran, from probes during the measurements
+
+
+def _own_slowdown(measurements: Sequence[TimingStats], baseline: LatencyBaseline) -> float | None:
+    """The model's slowdown relative to the machine's speed: the least of the measurements'."""
+    found = [m.relative / baseline.relative for m in measurements if m.relative and baseline.relative]
+    # Interference only ever slows a measurement down: the least slowed one is the closest to the truth.
+    return min(found) if found else None
 
 
 def judge(
@@ -393,50 +458,110 @@ def judge(
 ) -> TimingVerdict:
     """Pure decision for one call, from the measurements taken so far.
 
-    A slowdown beyond ``tolerance`` fails only when nothing else explains it:
+    It looks at the measurements two ways:
 
-    * ``measured`` is the best of the measurements: interference only ever makes a run
-      slower, so the fastest run is the closest to the model's real speed;
-    * *interference*: when the fastest calls are still within tolerance of the baseline's
-      fastest calls, the model itself did not get slower -- time was lost to other work on
-      the machine (a slower model makes every call slower, the fastest ones too);
-    * *noise*: the difference must exceed three standard errors of both medians;
-    * *the machine*: ``slowdown`` is how much slower the speed probes run than when the
-      baseline was recorded (None: not probed yet).
+    * the *latency* the user reads: the best measurement's median (or p90) against the
+      baseline's. Within ``tolerance`` that is fine -- unless the second view shows the
+      model clearly slower;
+    * on CPU, the model's *own* slowdown: its time per call relative to a speed probe (a
+      small matmul) timed just before each block of calls, against the same ratio in the
+      baseline. A shared machine goes through slow periods in which the model and the probe
+      slow down together, and the ratio barely moves; a slower model moves it.
+
+    "over" needs the own slowdown beyond the tolerance *and* beyond three standard errors
+    of the medians. A latency beyond the tolerance that the own slowdown does not confirm
+    is "inconclusive": the time was lost to the machine, not the model.
+
+    Where there is no ratio (CUDA, or a baseline recorded without it) the latency decides,
+    and ``slowdown`` -- the machine's slowdown from probes timed *after* the measurements,
+    None when not probed -- can make a slowdown inconclusive.
     """
     best = min(measurements, key=lambda m: m.stat(stat))
     measured, reference = best.stat(stat), baseline.stat(stat)
-    allowed = reference * (1.0 + tolerance)
-    if measured <= allowed:
-        return TimingVerdict("ok", measured, reference)
-    fastest = min(m.min_ms for m in measurements)
-    if baseline.min_ms and fastest <= baseline.min_ms * (1.0 + tolerance):
-        return TimingVerdict(
-            "inconclusive",
-            measured,
-            reference,
-            f"the fastest calls ({fastest:.4g} ms) are within {tolerance:.0%} of the baseline's "
-            f"({baseline.min_ms:.4g} ms): the time was lost to other work on this machine",
-        )
     error = max(
         _standard_error(best.spread, best.samples), _standard_error(baseline.spread, baseline.samples)
     )
-    if measured <= allowed * (1.0 + 3.0 * error):
+    own = _own_slowdown(measurements, baseline)
+    if own is None:
+        return _judge_latency_only(measured, reference, tolerance, error, best.spread, slowdown)
+    # How much slower the machine ran: the part of the latency change the model does not explain.
+    machine = measured / reference / own
+    verdict = _judge_own_slowdown(own, machine, measured, reference, tolerance, error, best.spread)
+    return replace(verdict, own_slowdown=own, machine=machine)
+
+
+def _judge_own_slowdown(
+    own: float,
+    machine: float,
+    measured: float,
+    reference: float,
+    tolerance: float,
+    error: float,
+    spread: float,
+) -> TimingVerdict:
+    relative = (
+        f"relative to this machine's speed (a probe timed before each block of calls) the model is "
+        f"{_change(own)} the baseline; the machine ran {_change(machine)} when the baseline was recorded"
+    )
+    if own > (1.0 + tolerance) * (1.0 + 3.0 * error):
+        return TimingVerdict("over", measured, reference, relative)
+    if measured <= reference * (1.0 + tolerance):
+        return TimingVerdict("ok", measured, reference)
+    if own <= 1.0 + tolerance:
         return TimingVerdict(
             "inconclusive",
             measured,
             reference,
-            f"beyond the {tolerance:.0%} tolerance but within the measured noise (spread {best.spread:.1%})",
+            f"{relative}: within the {tolerance:.0%} tolerance, the time was lost to the machine",
         )
-    machine_explains = slowdown is not None and measured <= allowed * slowdown
-    if slowdown is not None and slowdown > 1.0 + tolerance / 2 and machine_explains:
+    return TimingVerdict(
+        "inconclusive",
+        measured,
+        reference,
+        f"{relative}: beyond the {tolerance:.0%} tolerance but within the measured noise "
+        f"(spread {spread:.1%})",
+    )
+
+
+def _change(ratio: float) -> str:
+    """1.22 -> ``22% slower than``; 0.9 -> ``10% faster than``; 1.001 -> ``as fast as``."""
+    if round(abs(ratio - 1.0), 2) == 0:
+        return "as fast as"
+    return f"{abs(ratio - 1.0):.0%} {'slower' if ratio > 1.0 else 'faster'} than"
+
+
+def _machine_explains(ratio: float, tolerance: float, slowdown: float | None) -> bool:
+    return slowdown is not None and slowdown > 1.0 + tolerance / 2 and ratio <= (1.0 + tolerance) * slowdown
+
+
+def _machine_reason(slowdown: float | None) -> str:
+    return (
+        f"this machine is {(slowdown or 1.0) - 1:.0%} slower than when the baseline was recorded "
+        "(speed probes), which explains the slowdown"
+    )
+
+
+def _judge_latency_only(
+    measured: float,
+    reference: float,
+    tolerance: float,
+    error: float,
+    spread: float,
+    slowdown: float | None,
+) -> TimingVerdict:
+    """The verdict without a ``relative`` ratio: the latency, its noise, the machine."""
+    ratio = measured / reference
+    if ratio <= 1.0 + tolerance:
+        return TimingVerdict("ok", measured, reference)
+    if ratio <= (1.0 + tolerance) * (1.0 + 3.0 * error):
         return TimingVerdict(
             "inconclusive",
             measured,
             reference,
-            f"this machine is {slowdown - 1:.0%} slower than when the baseline was recorded "
-            "(speed probes), which explains the slowdown",
+            f"beyond the {tolerance:.0%} tolerance but within the measured noise (spread {spread:.1%})",
         )
+    if _machine_explains(ratio, tolerance, slowdown):
+        return TimingVerdict("inconclusive", measured, reference, _machine_reason(slowdown))
     return TimingVerdict("over", measured, reference)
 
 
@@ -455,6 +580,7 @@ def judge_limit(
 
 
 REMEASUREMENTS = 2  # extra measurements before a slowdown is believed
+RECORD_MEASUREMENTS = 3  # measurements when a baseline is recorded (see recorded)
 
 
 def measure_and_judge(
@@ -465,13 +591,16 @@ def measure_and_judge(
     tolerance: float,
     stat: str,
     probe: Callable[[], Mapping[str, float]],
+    at_least: int = 1,
 ) -> tuple[list[TimingStats], list[TimingVerdict], float | None]:
     """Measure, and re-measure (then probe the machine) only while something looks slow.
 
+    ``at_least`` measurements are taken regardless (``RECORD_MEASUREMENTS`` when a baseline
+    is being recorded: a baseline taken in a slow moment would hide later regressions).
     Returns every measurement taken; one verdict per limit, then one for the baseline if
-    there is one; and the machine slowdown if the probes were run.
+    there is one; and the machine slowdown if the probes were run after the fact.
     """
-    measurements = [measure()]
+    measurements = [measure() for _ in range(max(1, at_least))]
     slowdown: float | None = None
 
     def verdicts() -> list[TimingVerdict]:
@@ -484,12 +613,26 @@ def measure_and_judge(
     while any(v.status != "ok" for v in current) and len(measurements) <= REMEASUREMENTS:
         measurements.append(measure())
         current = verdicts()
-    if baseline is not None and baseline.probes and current[-1].status == "over":
+    # Probes after the fact, where no ratio to the machine's speed was measured (CUDA).
+    judged_relative = baseline is not None and _own_slowdown(measurements, baseline) is not None
+    if baseline is not None and baseline.probes and not judged_relative and current[-1].status == "over":
         from .devices import machine_slowdown
 
         slowdown = machine_slowdown(probe(), baseline.probes)
         current = verdicts()
     return measurements, current, slowdown
+
+
+def recorded(measurements: Sequence[TimingStats], stat: str = "median") -> TimingStats:
+    """What a baseline keeps of the measurements taken to record it.
+
+    The fastest measurement (a baseline taken in a slow moment would hide later
+    regressions), with the median of their ``relative`` ratios (the ratio is steady, and the
+    median of several is steadier still).
+    """
+    best = min(measurements, key=lambda m: m.stat(stat))
+    ratios = [m.relative for m in measurements if m.relative]
+    return replace(best, relative=statistics.median(ratios)) if ratios else best
 
 
 def fingerprint_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> str:

@@ -23,6 +23,8 @@ import pytest_modelbudget.timing as timing
 
 @pytest.fixture(autouse=True)
 def fake_block_timer(monkeypatch):
+    now = [0.0]  # the fake clock: advanced by the time each block reports
+
     def fake(call):
         def run_block(number):
             for _ in range(number):
@@ -33,14 +35,26 @@ def fake_block_timer(monkeypatch):
                 time.sleep(0.02)
                 with open(record, "a") as handle:
                     handle.write(f"{os.getpid()} {start} {time.time()}\\n")
-            return number * float(os.environ.get("FAKE_MS", "2")) / 1e3
+            elapsed = number * float(os.environ.get("FAKE_MS", "2")) / 1e3
+            now[0] += elapsed
+            return elapsed
 
         return run_block
 
     monkeypatch.setattr(timing, "_cpu_block_timer", fake)
+    monkeypatch.setattr(timing, "wall_clock", lambda: now[0])
     # The machine-speed probes are faked too: FAKE_MACHINE=1.3 is a machine 30% slower.
     speed = float(os.environ.get("FAKE_MACHINE", "1"))
     monkeypatch.setattr(devices, "measure_probes", lambda: {"matmul": speed, "copy": speed, "python": speed})
+
+    class FakeSpeedProbe:  # the probe before each block: 0.2 ms on a machine of FAKE_MACHINE=1
+        def __call__(self):
+            return speed * 0.2e-3
+
+        def medians_ms(self):
+            return {"matmul": speed * 0.2}
+
+    monkeypatch.setattr(devices, "SpeedProbe", FakeSpeedProbe)
 """
 
 LATENCY_TESTS = """
@@ -117,6 +131,7 @@ def test_latency_baseline_per_device_fingerprint(
     text = path.read_text()
     assert "    timing:\n      cpu | " in text and "| 1 thread | float32 | eager:" in text
     assert "median_ms: 2\n" in text and "spread: 0\n" in text and "probes:" in text
+    assert "relative: 10\n" in text  # 2 ms per call against a 0.2 ms probe
 
     # Another machine's baseline is kept when this one updates.
     path.write_text(
@@ -133,7 +148,11 @@ def test_latency_baseline_per_device_fingerprint(
     result = timed.runpytest("--model-budget")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*latency_ms 3 ms > baseline 2 ms (+50.0%, tolerance 10%)", "*--update-budgets*"]
+        [
+            "*latency_ms 3 ms > baseline 2 ms (+50.0%, tolerance 10%); relative to this machine's speed"
+            " (a probe timed before each block of calls) the model is 50% slower than the baseline;*",
+            "*--update-budgets*",
+        ]
     )
 
     monkeypatch.setenv("FAKE_MACHINE", "1.5")  # ...unless the machine slowed down as much
@@ -185,8 +204,8 @@ def test_inconclusive_is_a_warning_and_fails_under_strict(
     # 1 ms limit, with a spread of about 13% that makes the difference meaningless.
     timed.makeconftest(
         FAKE_CLOCK.replace(
-            'return number * float(os.environ.get("FAKE_MS", "2")) / 1e3',
-            "return number * (0.00095 if next(_JITTER) else 0.00109)",
+            'elapsed = number * float(os.environ.get("FAKE_MS", "2")) / 1e3',
+            "elapsed = number * (0.00095 if next(_JITTER) else 0.00109)",
         ).replace("import time\n", "import itertools\nimport time\n_JITTER = itertools.cycle([1, 0, 0])\n")
     )
     # In a subprocess: this process's filterwarnings=error would leak into an in-process run.
