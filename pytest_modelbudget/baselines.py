@@ -45,6 +45,7 @@ TIMING_KEYS = (
     "p90_ms",
     "min_ms",
     "relative",
+    "relative_spread",
     "spread",
     "samples",
     "peak_memory",

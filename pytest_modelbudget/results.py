@@ -84,8 +84,9 @@ class CallResult:
             }
             if self.timing.get("peak_memory") is not None:
                 stats["peak_memory"] = self.timing["peak_memory"]
-            if self.timing.get("relative") is not None:
-                stats["relative"] = self.timing["relative"]
+            for name in ("relative", "relative_spread"):
+                if self.timing.get(name) is not None:
+                    stats[name] = self.timing[name]
             if self.probes:
                 stats["probes"] = dict(self.probes)
             timing[self.timing["fingerprint"]] = stats

@@ -69,6 +69,7 @@ class TimingStats:
     # CPU: the median over blocks of (time per call / time of the speed probe run just before
     # the block) -- the model's cost in units of the machine's speed at that moment.
     relative: float | None = None
+    relative_spread: float | None = None  # IQR / median of those ratios: the noise of `relative`
     probes: Mapping[str, float] = field(default_factory=dict)  # median probe times during the measurement, ms
 
     @property
@@ -112,6 +113,14 @@ def summarize(samples_s: Sequence[float], *, calls: int, wall_s: float) -> Timin
         calls=calls,
         wall_s=wall_s,
     )
+
+
+def _spread(values: Sequence[float]) -> float:
+    """IQR / median (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / median if median else 0.0
 
 
 def _relative_error(samples: Sequence[float]) -> float:
@@ -170,7 +179,7 @@ def run_rounds(
             break
     stats = summarize(samples, calls=calls, wall_s=clock() - start)
     if ratios:
-        stats = replace(stats, relative=statistics.median(ratios))
+        stats = replace(stats, relative=statistics.median(ratios), relative_spread=_spread(ratios))
     if progress:
         progress(
             f"{stats.samples} samples of {number} calls in {stats.wall_s:.2f} s: "
@@ -393,6 +402,7 @@ class LatencyBaseline:
     # The model's cost relative to the machine's speed (TimingStats.relative; CPU only).
     # Baselines without it (CUDA, or written before it existed) are judged by the latency alone.
     relative: float | None = None
+    relative_spread: float | None = None
 
     def stat(self, name: str) -> float:
         return self.p90_ms if name == "p90" else self.median_ms
@@ -408,6 +418,7 @@ class LatencyBaseline:
             min_ms=stats.min_ms,
             samples=stats.samples,
             relative=stats.relative,
+            relative_spread=stats.relative_spread,
         )
 
     @classmethod
@@ -423,6 +434,7 @@ class LatencyBaseline:
             min_ms=stored.get("min_ms"),
             samples=int(stored.get("samples", 0)),
             relative=stored.get("relative"),
+            relative_spread=stored.get("relative_spread"),
         )
 
 
@@ -441,11 +453,27 @@ class TimingVerdict:
     machine: float | None = None  # how much slower the machine ran, from probes during the measurements
 
 
-def _own_slowdown(measurements: Sequence[TimingStats], baseline: LatencyBaseline) -> float | None:
-    """The model's slowdown relative to the machine's speed: the least of the measurements'."""
-    found = [m.relative / baseline.relative for m in measurements if m.relative and baseline.relative]
-    # Interference only ever slows a measurement down: the least slowed one is the closest to the truth.
-    return min(found) if found else None
+def _own_slowdown(
+    measurements: Sequence[TimingStats], baseline: LatencyBaseline
+) -> tuple[float, float] | None:
+    """The model's slowdown relative to the machine's speed, and its standard error.
+
+    The least slowed of the measurements: interference only ever slows one down.
+    """
+    found = [
+        (m.relative / baseline.relative, _standard_error(_or(m.relative_spread, m.spread), m.samples))
+        for m in measurements
+        if m.relative and baseline.relative
+    ]
+    if not found:
+        return None
+    own, error = min(found)
+    baseline_error = _standard_error(_or(baseline.relative_spread, baseline.spread), baseline.samples)
+    return own, max(error, baseline_error)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def judge(
@@ -469,7 +497,7 @@ def judge(
       slow down together, and the ratio barely moves; a slower model moves it.
 
     "over" needs the own slowdown beyond the tolerance *and* beyond three standard errors
-    of the medians. A latency beyond the tolerance that the own slowdown does not confirm
+    of the median ratios. A latency beyond the tolerance that the own slowdown does not confirm
     is "inconclusive": the time was lost to the machine, not the model.
 
     Where there is no ratio (CUDA, or a baseline recorded without it) the latency decides,
@@ -481,23 +509,18 @@ def judge(
     error = max(
         _standard_error(best.spread, best.samples), _standard_error(baseline.spread, baseline.samples)
     )
-    own = _own_slowdown(measurements, baseline)
-    if own is None:
+    found = _own_slowdown(measurements, baseline)
+    if found is None:
         return _judge_latency_only(measured, reference, tolerance, error, best.spread, slowdown)
+    own, own_error = found
     # How much slower the machine ran: the part of the latency change the model does not explain.
     machine = measured / reference / own
-    verdict = _judge_own_slowdown(own, machine, measured, reference, tolerance, error, best.spread)
+    verdict = _judge_own_slowdown(own, own_error, machine, measured, reference, tolerance)
     return replace(verdict, own_slowdown=own, machine=machine)
 
 
 def _judge_own_slowdown(
-    own: float,
-    machine: float,
-    measured: float,
-    reference: float,
-    tolerance: float,
-    error: float,
-    spread: float,
+    own: float, error: float, machine: float, measured: float, reference: float, tolerance: float
 ) -> TimingVerdict:
     relative = (
         f"relative to this machine's speed (a probe timed before each block of calls) the model is "
@@ -519,7 +542,7 @@ def _judge_own_slowdown(
         measured,
         reference,
         f"{relative}: beyond the {tolerance:.0%} tolerance but within the measured noise "
-        f"(spread {spread:.1%})",
+        f"(standard error {error:.1%})",
     )
 
 
@@ -626,13 +649,18 @@ def measure_and_judge(
 def recorded(measurements: Sequence[TimingStats], stat: str = "median") -> TimingStats:
     """What a baseline keeps of the measurements taken to record it.
 
-    The fastest measurement (a baseline taken in a slow moment would hide later
-    regressions), with the median of their ``relative`` ratios (the ratio is steady, and the
-    median of several is steadier still).
+    With a ``relative`` ratio (CPU) the ratio decides regressions, so the baseline keeps the
+    typical measurement -- the median by latency -- with the median of the ratios. A
+    latency baseline from the fastest moment would make every later run of an unchanged
+    model look slow ("inconclusive") for no reason. Without a ratio (CUDA) the latency
+    decides, and a baseline taken in a slow moment would hide later regressions: the
+    fastest measurement is kept.
     """
-    best = min(measurements, key=lambda m: m.stat(stat))
+    ordered = sorted(measurements, key=lambda m: m.stat(stat))
     ratios = [m.relative for m in measurements if m.relative]
-    return replace(best, relative=statistics.median(ratios)) if ratios else best
+    if not ratios:
+        return ordered[0]
+    return replace(ordered[(len(ordered) - 1) // 2], relative=statistics.median(ratios))
 
 
 def fingerprint_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> str:

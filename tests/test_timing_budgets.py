@@ -131,7 +131,7 @@ def test_latency_baseline_per_device_fingerprint(
     text = path.read_text()
     assert "    timing:\n      cpu | " in text and "| 1 thread | float32 | eager:" in text
     assert "median_ms: 2\n" in text and "spread: 0\n" in text and "probes:" in text
-    assert "relative: 10\n" in text  # 2 ms per call against a 0.2 ms probe
+    assert "relative: 10\n" in text and "relative_spread: 0\n" in text  # 2 ms per call, a 0.2 ms probe
 
     # Another machine's baseline is kept when this one updates.
     path.write_text(
