@@ -249,9 +249,8 @@ class Check:
             relation = "<"
         what = "baseline" if self.is_baseline else f"limit ({self.source})"
         allowed = f", tolerance {self.tolerance:.0%}" if self.is_baseline and self.tolerance else ""
-        note = (
-            f"; {'inconclusive: ' if self.status == 'inconclusive' else ''}{self.note}" if self.note else ""
-        )
+        prefix = "inconclusive: " if self.status == "inconclusive" else ""
+        note = f"; {prefix}{self.note}" if self.note else ""
         return (
             f"{self.metric} {metric.format(self.measured)} {relation} {what} "
             f"{metric.format(self.reference)} ({self.change}{allowed}){note}"

@@ -259,7 +259,7 @@ def _batch_norm(x: Any, per_channel: Sequence[Any], training: bool) -> tuple[tor
     return (_like(x, strides), _empty(channels, (1,), statistics), _empty(channels, (1,), statistics))
 
 
-@_rule(aten.native_batch_norm.default)
+@_rule(aten.native_batch_norm.default, aten._native_batch_norm_legit.default)
 def _native_batch_norm(
     x: Any, weight: Any, bias: Any, mean: Any, var: Any, training: bool, *_: Any
 ) -> tuple[torch.Tensor, ...] | None:
@@ -271,13 +271,6 @@ def _batch_norm_no_training(
     x: Any, weight: Any, bias: Any, mean: Any, var: Any, *_: Any
 ) -> tuple[torch.Tensor, ...] | None:
     return _batch_norm(x, (weight, bias, mean, var), training=False)
-
-
-@_rule(aten._native_batch_norm_legit.default)
-def _batch_norm_legit(
-    x: Any, weight: Any, bias: Any, mean: Any, var: Any, training: bool, *_: Any
-) -> tuple[torch.Tensor, ...] | None:
-    return _batch_norm(x, (weight, bias, mean, var), bool(training))
 
 
 @_rule(aten.native_layer_norm.default)

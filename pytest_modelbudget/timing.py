@@ -123,11 +123,14 @@ def _spread(values: Sequence[float]) -> float:
     return (q3 - q1) / median if median else 0.0
 
 
+def _standard_error(spread: float, samples: int) -> float:
+    # Relative standard error of a median from the IQR: 1.2533 * sigma / sqrt(n), sigma ~= IQR / 1.349.
+    return 0.929 * spread / math.sqrt(samples) if samples > 0 else spread
+
+
 def _relative_error(samples: Sequence[float]) -> float:
-    # Standard error of a median, from the IQR (robust to the odd outlier):
-    # 1.2533 * sigma / sqrt(n) with sigma ~= IQR / 1.349.
-    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return 0.929 * (q3 - q1) / math.sqrt(len(samples)) / median if median else 0.0
+    """The relative standard error of the median of ``samples``."""
+    return _standard_error(_spread(samples), len(samples))
 
 
 # The clock of every measurement; a module attribute so end-to-end tests can replace it
@@ -438,11 +441,6 @@ class LatencyBaseline:
         )
 
 
-def _standard_error(spread: float, samples: int) -> float:
-    # Relative standard error of a median from the IQR: 1.2533 * sigma / sqrt(n), sigma ~= IQR / 1.349.
-    return 0.929 * spread / math.sqrt(samples) if samples > 0 else spread
-
-
 @dataclass(frozen=True)
 class TimingVerdict:
     status: str  # "ok", "over" or "inconclusive"
@@ -553,17 +551,6 @@ def _change(ratio: float) -> str:
     return f"{abs(ratio - 1.0):.0%} {'slower' if ratio > 1.0 else 'faster'} than"
 
 
-def _machine_explains(ratio: float, tolerance: float, slowdown: float | None) -> bool:
-    return slowdown is not None and slowdown > 1.0 + tolerance / 2 and ratio <= (1.0 + tolerance) * slowdown
-
-
-def _machine_reason(slowdown: float | None) -> str:
-    return (
-        f"this machine is {(slowdown or 1.0) - 1:.0%} slower than when the baseline was recorded "
-        "(speed probes), which explains the slowdown"
-    )
-
-
 def _judge_latency_only(
     measured: float,
     reference: float,
@@ -583,8 +570,14 @@ def _judge_latency_only(
             reference,
             f"beyond the {tolerance:.0%} tolerance but within the measured noise (spread {spread:.1%})",
         )
-    if _machine_explains(ratio, tolerance, slowdown):
-        return TimingVerdict("inconclusive", measured, reference, _machine_reason(slowdown))
+    if slowdown is not None and slowdown > 1.0 + tolerance / 2 and ratio <= (1.0 + tolerance) * slowdown:
+        return TimingVerdict(
+            "inconclusive",
+            measured,
+            reference,
+            f"this machine is {slowdown - 1:.0%} slower than when the baseline was recorded "
+            "(speed probes), which explains the slowdown",
+        )
     return TimingVerdict("over", measured, reference)
 
 
@@ -637,12 +630,13 @@ def measure_and_judge(
         measurements.append(measure())
         current = verdicts()
     # Probes after the fact, where no ratio to the machine's speed was measured (CUDA).
-    judged_relative = baseline is not None and _own_slowdown(measurements, baseline) is not None
-    if baseline is not None and baseline.probes and not judged_relative and current[-1].status == "over":
-        from .devices import machine_slowdown
+    if baseline is not None and baseline.probes:
+        verdict = current[-1]  # the baseline's
+        if verdict.status == "over" and verdict.own_slowdown is None:
+            from .devices import machine_slowdown
 
-        slowdown = machine_slowdown(probe(), baseline.probes)
-        current = verdicts()
+            slowdown = machine_slowdown(probe(), baseline.probes)
+            current = verdicts()
     return measurements, current, slowdown
 
 
