@@ -42,9 +42,13 @@ _FORMULAS: dict[Any, Formula] = {}
 
 
 def _register(*packets: Any) -> Callable[[Formula], Formula]:
+    """Registers a formula for ATen packets (``aten.mm``: every overload); one per packet."""
+
     def wrap(formula: Formula) -> Formula:
-        for packet in packets:
-            _FORMULAS[packet] = formula
+        taken = [p for i, p in enumerate(packets) if p in _FORMULAS or p in packets[:i]]
+        if taken:  # checked before any is added, so a refused registration changes nothing
+            raise RuntimeError(f"duplicate MAC formula registrations for {', '.join(map(str, taken))}")
+        _FORMULAS.update(dict.fromkeys(packets, formula))
         return formula
 
     return wrap

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .errors import UnitError, shown
 
 if TYPE_CHECKING:
-    from .counting import OpRecord
+    from .dispatch import OpRecord
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,6 @@ class RooflineEstimate:
     @property
     def memory_bound_share(self) -> float:
         return self.memory_bound_ms / self.total_ms if self.total_ms else 0.0
-
-    def module_ms(self, depth: int) -> dict[str, float]:
-        grouped: dict[str, float] = defaultdict(float)
-        for path, ms in self.by_module.items():
-            grouped[".".join(path.split(".")[: max(depth, 0)])] += ms
-        return dict(grouped)
 
 
 def estimate(ops: Iterable[OpRecord], spec: HardwareSpec) -> RooflineEstimate:

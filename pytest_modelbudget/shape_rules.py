@@ -1,7 +1,7 @@
 """Output metadata of the hottest ATen ops on meta tensors, without running their meta kernels.
 
 Counting on the meta device runs an op's meta kernel once per distinct signature (see
-``_CountingMode``). Many of those kernels are Python decompositions -- batch norm,
+``dispatch.CountingMode``). Many of those kernels are Python decompositions -- batch norm,
 activations, matmuls, convolution -- that cost 0.1 to 3 ms per call, which is most of what
 a count of a convolutional network costs. For the common, unambiguous cases the rules here
 give the same outputs (shape, strides, dtype) directly. Anything else -- mixed dtypes,
@@ -25,9 +25,13 @@ _RULES: dict[Any, Rule] = {}
 
 
 def _rule(*overloads: Any) -> Callable[[Rule], Rule]:
+    """Registers a rule for ATen overloads (``aten.mm.default``); one rule per overload."""
+
     def wrap(rule: Rule) -> Rule:
-        for overload in overloads:
-            _RULES[overload] = rule
+        taken = [o for i, o in enumerate(overloads) if o in _RULES or o in overloads[:i]]
+        if taken:  # checked before any is added, so a refused registration changes nothing
+            raise RuntimeError(f"duplicate shape rule registrations for {', '.join(map(str, taken))}")
+        _RULES.update(dict.fromkeys(overloads, rule))
         return rule
 
     return wrap
