@@ -19,20 +19,20 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from pytest_modelbudget.devices import cpu_model, measure_probes
-from pytest_modelbudget.timing import (
+from pytest_modelbudget.devices import cpu_model
+from pytest_modelbudget.probes import measure_probes
+from pytest_modelbudget.timing import TimingSettings, TimingStats, time_forward
+from pytest_modelbudget.timing_verdicts import (
     RECORD_MEASUREMENTS,
     LatencyBaseline,
-    TimingSettings,
-    TimingStats,
     measure_and_judge,
     recorded,
-    time_forward,
 )
 
 REPEATS = 5  # measurements per method, for the run-to-run spread
@@ -208,7 +208,7 @@ def false_alarms(reruns: int = 20) -> list[dict[str, Any]]:
     results = []
     for label, model, slowed, x in _false_alarm_cases():
         # Recorded as `--update-budgets` records it (see timing.recorded).
-        taken, _, _ = measure_and_judge(
+        taken = measure_and_judge(
             lambda model=model, x=x: time_forward(model, (x,), settings=TimingSettings()),
             limits_ms=[],
             baseline=None,
@@ -217,8 +217,8 @@ def false_alarms(reruns: int = 20) -> list[dict[str, Any]]:
             probe=measure_probes,
             at_least=RECORD_MEASUREMENTS,
         )
-        kept = recorded(taken)
-        baseline = LatencyBaseline.from_stats(kept, kept.probes or measure_probes())
+        kept = recorded(taken.measurements)
+        baseline = LatencyBaseline.from_stats(replace(kept, probes=kept.probes or measure_probes()))
         for variant, candidate in (("unchanged", model), ("slowed +25% compute", slowed)):
             verdicts: Counter[str] = Counter()
             misses: list[dict[str, Any]] = []  # every verdict other than the expected one, with its numbers
@@ -229,7 +229,7 @@ def false_alarms(reruns: int = 20) -> list[dict[str, Any]]:
                 def measure(candidate: nn.Module = candidate, x: torch.Tensor = x) -> TimingStats:
                     return time_forward(candidate, (x,), settings=TimingSettings())
 
-                _, found, _ = measure_and_judge(
+                found = measure_and_judge(
                     measure,
                     limits_ms=[],
                     baseline=baseline,
@@ -237,12 +237,13 @@ def false_alarms(reruns: int = 20) -> list[dict[str, Any]]:
                     stat="median",
                     probe=measure_probes,
                 )
-                verdict = found[-1]
-                verdicts[verdict.status] += 1
+                verdict = found.baseline
+                assert verdict is not None
+                verdicts[verdict.status.value] += 1
                 if verdict.status != expected:
                     misses.append(
                         {
-                            "status": verdict.status,
+                            "status": verdict.status.value,
                             "latency": verdict.measured_ms / verdict.reference_ms,
                             "own_slowdown": verdict.own_slowdown,
                             "machine": verdict.machine,
@@ -299,7 +300,7 @@ def probe_choice(seconds: float = 60.0) -> list[dict[str, Any]]:
     """
     import torchvision
 
-    from pytest_modelbudget.devices import PROBES
+    from pytest_modelbudget.probes import PROBES
 
     torch.set_num_threads(1)
     probes = {name: make() for name, make in PROBES.items()}

@@ -32,10 +32,10 @@ import torchvision  # noqa: E402
 from example_project.models import SimpleModel, TinyGPT  # noqa: E402
 from pytest_modelbudget import report  # noqa: E402
 from pytest_modelbudget.baselines import Entry  # noqa: E402
-from pytest_modelbudget.budgets import parse_budget  # noqa: E402
+from pytest_modelbudget.budgets import CallSettings, parse_budget  # noqa: E402
 from pytest_modelbudget.counting import count  # noqa: E402
 from pytest_modelbudget.html_report import render  # noqa: E402
-from pytest_modelbudget.measure import MODULE_DEPTH, CallSettings, measure_call  # noqa: E402
+from pytest_modelbudget.measure import MODULE_DEPTH, measure_call  # noqa: E402
 from pytest_modelbudget.results import CallResult, shallow_modules  # noqa: E402
 from pytest_modelbudget.timing import TimingSettings  # noqa: E402
 
@@ -145,7 +145,7 @@ def measure_all() -> list[CallResult]:
     for nodeid, name, factory, inputs, marker, entry in calls():
         torch.manual_seed(0)
         model = factory().eval()
-        outcome = measure_call(
+        result, _ = measure_call(
             model,
             inputs,
             {},
@@ -154,10 +154,9 @@ def measure_all() -> list[CallResult]:
             marker=parse_budget(marker),
             entry=entry,
             settings=settings,
-            budgets_file="budgets.yaml",
         )
-        print(f"{outcome.result.key}: {outcome.result.verdict}", file=sys.stderr)
-        results.append(outcome.result)
+        print(f"{result.key}: {result.verdict.value}", file=sys.stderr)
+        results.append(result)
     return results
 
 
@@ -189,9 +188,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1600)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    page = render(
-        [r.to_dict() for r in measure_all()], title="Model budgets", environment=report.environment()
-    )
+    page = render(measure_all(), title="Model budgets", environment=report.environment())
     with tempfile.TemporaryDirectory() as tmp:
         html_path = args.html or Path(tmp) / "report.html"
         html_path.write_text(page, encoding="utf-8")

@@ -14,10 +14,11 @@ The file is the product's memory, so it is handled defensively:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ from typing import Any
 
 import yaml
 
-from .budgets import KEYWORDS, RATCHETED, Budget, parse_budget
+from .budgets import KEYWORDS, Budget, parse_budget
 from .errors import BaselineFileError, BudgetSpecError, shown
+from .metrics import RATCHETED
+from .timing_verdicts import STORED_KEYS
 
 FORMAT_VERSION = 1
 ROOT_MODULE = "(root)"  # how the model's own ops and params appear in `modules:`
@@ -39,19 +42,20 @@ HEADER = """\
 """
 
 _ENTRY_KEYS = ("convention", *RATCHETED, "modules", "timing", "limits")
-# Per device fingerprint under `timing:`; all but `probes` are numbers.
-TIMING_KEYS = (
-    "median_ms",
-    "p90_ms",
-    "min_ms",
-    "relative",
-    "relative_spread",
-    "spread",
-    "samples",
-    "peak_memory",
-    "max_batch",
-    "probes",
-)
+# Per device fingerprint under `timing:` (LatencyBaseline's fields); all but `probes` are numbers.
+TIMING_KEYS = STORED_KEYS
+NAME_SEPARATOR = "#"
+
+
+def entry_key(nodeid: str, name: str | None) -> str:
+    """budgets.yaml key of a call: the test id, plus ``#name`` for named calls."""
+    return nodeid if name is None else f"{nodeid}{NAME_SEPARATOR}{name}"
+
+
+def belongs_to(key: str, nodeids: Iterable[str]) -> bool:
+    """Whether a budgets.yaml key is an entry of one of ``nodeids``."""
+    nodeids = nodeids if isinstance(nodeids, (set, frozenset)) else set(nodeids)
+    return key in nodeids or key.rpartition(NAME_SEPARATOR)[0] in nodeids
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,51 @@ class Entry:
     modules: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     convention: str | None = None
     limits: Mapping[str, Any] = field(default_factory=dict)  # as written, for round-trips
-    timing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # fingerprint -> stats
+    timing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # fingerprint -> stored stats
+    # The hand-written limits, parsed once, when the entry is made (None without limits).
+    budget: Budget | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def budget(self) -> Budget | None:
-        """The hand-written limits as a Budget (validated at load time)."""
-        return parse_budget(self.limits) if self.limits else None
+    def __post_init__(self) -> None:
+        if self.limits and self.budget is None:  # raises BudgetSpecError for bad limits
+            object.__setattr__(self, "budget", parse_budget(self.limits))
+
+
+# -- which entries are stale ----------------------------------------------------------
+
+
+def full_scope(
+    args: Sequence[str], invocation_dir: Path, rootpath: Path, *, narrowed: bool
+) -> list[str] | None:
+    """Path prefixes (rootdir-relative) whose every test a run collected, or None.
+
+    Runs narrowed by -k, -m, --lf, --deselect, node ids or collection errors see only part
+    of the suite: they may neither report nor delete stale entries.
+    """
+    if narrowed:
+        return None
+    prefixes = []
+    for arg in args:
+        if "::" in arg:
+            return None
+        path = Path(invocation_dir, arg).resolve()
+        try:
+            relative = path.relative_to(rootpath)
+        except ValueError:
+            return None
+        prefixes.append("" if str(relative) == "." else relative.as_posix())
+    return prefixes
+
+
+def _in_scope(key: str, prefixes: Sequence[str]) -> bool:
+    path = key.split("::", 1)[0]
+    return any(p == "" or path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def stale_keys(entries: Iterable[str], collected: set[str], scope: Sequence[str] | None) -> list[str]:
+    """Entries of tests that no longer exist, within the part of the suite a run saw in full."""
+    if scope is None:
+        return []
+    return sorted(key for key in entries if not belongs_to(key, collected) and _in_scope(key, scope))
 
 
 @dataclass
@@ -75,6 +118,7 @@ class BaselineFile:
     path: Path
     entries: dict[str, Entry]
     exists: bool
+    text: str = ""  # as read: what xdist workers get, to parse themselves
 
 
 class _StrictSafeLoader(yaml.SafeLoader):
@@ -110,7 +154,8 @@ def load(path: Path) -> BaselineFile:
         raw = path.read_bytes()
     except OSError as error:
         raise BaselineFileError(str(path), f"cannot be read ({error.strerror})") from None
-    return BaselineFile(path, parse(raw, str(path)), exists=True)
+    entries = parse(raw, str(path))  # validated: so it is UTF-8 text
+    return BaselineFile(path, entries, exists=True, text=raw.decode("utf-8"))
 
 
 def parse(raw: bytes, where: str) -> dict[str, Entry]:
@@ -207,12 +252,11 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
         raise BaselineFileError(
             where, f"'limits' must be a mapping of marker keywords ({', '.join(KEYWORDS)})", key
         )
+    timing = _validate_timing({} if value.get("timing") is None else value["timing"], where, key)
     try:
-        parse_budget(limits)
+        return Entry(metrics, modules, convention, dict(limits), timing)  # parses the limits once
     except BudgetSpecError as error:
         raise BaselineFileError(where, f"limits: {error}", key) from None
-    timing = _validate_timing({} if value.get("timing") is None else value["timing"], where, key)
-    return Entry(metrics, modules, convention, dict(limits), timing)
 
 
 def _number(value: Any, where: str, entry: str, what: str) -> float:
@@ -301,20 +345,15 @@ def _natural(path: str) -> list[tuple[int, int | str]]:
 def _locked(directory: Path) -> Iterator[bool]:
     """An exclusive lock on the file's directory, shared by every process updating it.
 
-    Yields whether the lock is held (not on Windows).
+    The lock file lives in the temporary directory (keyed by the directory's real path),
+    so it never lands in the user's repository and a read-only checkout can still lock.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; writes stay atomic
-        yield False
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    from filelock import FileLock  # imported only when the file is written
+
+    digest = hashlib.sha256(os.path.realpath(directory).encode()).hexdigest()[:16]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    with FileLock(Path(tempfile.gettempdir()) / f"pytest-modelbudget-{uid}-{digest}.lock"):
         yield True
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _remove_orphans(path: Path) -> None:
@@ -376,7 +415,7 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
             entry = merged.pop(key, None)
             if entry is not None and entry.limits:
                 # Hand-written limits outlive the measurement: keep them.
-                merged[key] = Entry(limits=entry.limits)
+                merged[key] = Entry(limits=entry.limits, budget=entry.budget)
         for key, entry in measured.items():
             old = merged.get(key) or Entry()
             merged[key] = Entry(
@@ -386,6 +425,7 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
                 old.limits or entry.limits,
                 # Timings of other devices are kept: each machine updates its own.
                 {**old.timing, **entry.timing},
+                old.budget or entry.budget,
             )
         text = render(merged)
         # Same data: leave the file alone (a hand-edited one keeps its comments), and

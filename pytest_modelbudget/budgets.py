@@ -1,104 +1,27 @@
-"""What a budget is, how users write one, and how a measurement is judged against it.
+"""What a budget is, how users write one, and the one resolved budget of a measured call.
 
-Pure functions and frozen values: no pytest, no torch, no files. The pytest layer
-parses marker keywords with :func:`parse_budget` at collection time and applies
-:func:`check` to each measurement.
+Pure functions and frozen values: no pytest, no torch, no files. The pytest layer parses
+marker keywords with :func:`parse_budget` at collection time; budgets.yaml's ``limits:``
+are parsed the same way when the file is loaded. For each measured call, :func:`resolve`
+merges the marker, the file's limits and the run's settings once into a :class:`CallBudget`,
+which is all the measuring and checking code looks at.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from .errors import BudgetSpecError, UnitError, shown
-from .units import (
-    format_bytes,
-    format_change,
-    format_count,
-    format_duration,
-    format_rate,
-    parse_bytes,
-    parse_count,
-    parse_duration_ms,
-    parse_fraction,
-    parse_rate,
-)
+from .metrics import METRICS, METRICS_BY_KEYWORD, METRICS_BY_NAME, Metric
+from .units import parse_device, parse_fraction, parse_positive_int, parse_stat
 
-_PARSERS = {"count": parse_count, "bytes": parse_bytes, "ms": parse_duration_ms, "rate": parse_rate}
-_FORMATTERS = {"count": format_count, "bytes": format_bytes, "ms": format_duration, "rate": format_rate}
+if TYPE_CHECKING:
+    from .timing import TimingSettings
 
-
-@dataclass(frozen=True)
-class Metric:
-    """A measured quantity that a budget can limit."""
-
-    name: str
-    keyword: str
-    unit: str  # "count", "bytes", "ms" or "rate"
-    description: str
-    ratcheted: bool = False  # kept as a baseline in budgets.yaml and never allowed to grow
-    timed: bool = False  # needs the model to be timed, not only counted
-    higher_is_better: bool = False  # the limit is a minimum (throughput), not a maximum
-
-    def parse(self, value: object) -> float:
-        return _PARSERS[self.unit](value)
-
-    def format(self, value: float) -> str:
-        return _FORMATTERS[self.unit](value)
-
-    def exceeds(self, measured: float, limit: float) -> bool:
-        return measured < limit if self.higher_is_better else measured > limit
-
-
-METRICS: tuple[Metric, ...] = (
-    Metric("macs", "max_macs", "count", "multiply-accumulates of one forward pass", ratcheted=True),
-    Metric("flops", "max_flops", "count", "floating-point operations, 2 x MACs"),
-    Metric("params", "max_params", "count", "parameters, shared tensors counted once", ratcheted=True),
-    Metric("size", "max_size", "bytes", "bytes of parameters and buffers, by dtype", ratcheted=True),
-    Metric(
-        "memory_traffic",
-        "max_memory_traffic",
-        "bytes",
-        "bytes read plus written by every op (no caching or fusion)",
-    ),
-    Metric(
-        "latency_ms",
-        "max_latency_ms",
-        "ms",
-        "latency of one forward (median, or p90 with latency_stat)",
-        timed=True,
-    ),
-    Metric(
-        "throughput",
-        "min_throughput",
-        "rate",
-        "items per second (batch / latency)",
-        timed=True,
-        higher_is_better=True,
-    ),
-    Metric(
-        "roofline_ms",
-        "max_roofline_ms",
-        "ms",
-        "roofline estimate of latency on the given hardware (deterministic)",
-    ),
-    Metric(
-        "memory", "max_memory", "bytes", "peak memory of one forward: CUDA allocator peak, or a CPU estimate"
-    ),
-    Metric(
-        "max_batch",
-        "min_max_batch",
-        "count",
-        "largest batch that fits in CUDA memory",
-        timed=True,
-        higher_is_better=True,
-    ),
-)
-METRICS_BY_NAME = {m.name: m for m in METRICS}
-METRICS_BY_KEYWORD = {m.keyword: m for m in METRICS}
-RATCHETED = tuple(m.name for m in METRICS if m.ratcheted)
+__all__ = ["METRICS_BY_NAME", "Budget", "CallBudget", "CallSettings", "Limit", "Source", "parse_budget"]
 
 TOLERANCE_KEYWORD = "tolerance"
 
@@ -109,40 +32,48 @@ def _parse_bool(value: object) -> bool:
     return value
 
 
-def _parse_stat(value: object) -> str:
-    if value not in ("median", "p90"):
-        raise UnitError(f"{shown(value)} is not 'median' or 'p90'")
-    return str(value)
-
-
-def _parse_device(value: object) -> str:
-    if not isinstance(value, str) or value.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
-        raise UnitError(f"{shown(value)} is not a device name such as 'cpu', 'cuda' or 'cuda:1'")
-    return value
-
-
-def _parse_positive_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UnitError(f"{shown(value)} is not a whole number >= 1")
-    return value
-
-
-def _parse_hardware(value: object) -> object:
+def parse_hardware(value: object) -> object:
     from .roofline import hardware
 
     hardware(value)  # validates; the spec itself is built where it is used
     return value
 
 
-# Keywords that shape how a call is measured rather than limiting a metric.
-CALL_OPTIONS: Mapping[str, Callable[[object], object]] = {
-    "timing": _parse_bool,  # time this call even without a timed limit (records a latency baseline)
-    "latency_stat": _parse_stat,
-    "latency_tolerance": parse_fraction,
-    "cuda_graph": _parse_bool,
-    "device": _parse_device,
-    "batch_size": _parse_positive_int,
-    "hardware": _parse_hardware,  # for max_roofline_ms
+@dataclass(frozen=True)
+class _CallOption:
+    """A keyword that shapes how a call is measured rather than limiting a metric."""
+
+    parse: Callable[[object], object]
+    kind: str  # for the reference table
+    help: str
+
+
+CALL_OPTIONS: Mapping[str, _CallOption] = {
+    "timing": _CallOption(
+        _parse_bool, "bool", "time this call and keep a latency baseline, even without a timed limit"
+    ),
+    "latency_stat": _CallOption(
+        parse_stat, "median|p90", "the latency statistic judged against limits and baselines"
+    ),
+    "latency_tolerance": _CallOption(
+        parse_fraction, "fraction", "slowdown over the latency baseline allowed (default 10%)"
+    ),
+    "cuda_graph": _CallOption(
+        _parse_bool, "bool", "time CUDA-graph replays: latency without host launch overhead"
+    ),
+    "device": _CallOption(
+        parse_device,
+        "device",
+        "time on this device ('cpu', 'cuda', 'cuda:1'); the model is moved there and back",
+    ),
+    "batch_size": _CallOption(
+        parse_positive_int,
+        "count",
+        "items per call for min_throughput (default: the first input's leading dimension)",
+    ),
+    "hardware": _CallOption(
+        parse_hardware, "preset|mapping", "hardware for max_roofline_ms: 'h100', 'a100' or a custom spec"
+    ),
 }
 KEYWORDS: tuple[str, ...] = (*METRICS_BY_KEYWORD, TOLERANCE_KEYWORD, *CALL_OPTIONS)
 
@@ -159,12 +90,10 @@ class Budget:
     def empty(self) -> bool:
         return not self.limits and self.tolerance is None and not self.options
 
-    @property
-    def wants_timing(self) -> bool:
-        return bool(self.options.get("timing")) or any(METRICS_BY_NAME[m].timed for m in self.limits)
-
 
 def _suggest(keyword: str) -> str:
+    import difflib  # only on the error path
+
     close = difflib.get_close_matches(keyword, KEYWORDS, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -182,150 +111,24 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
     tolerance: float | None = None
     options: dict[str, Any] = {}
     for keyword, value in kwargs.items():
-        if keyword in CALL_OPTIONS:
-            try:
-                options[keyword] = CALL_OPTIONS[keyword](value)
-            except UnitError as error:
-                raise BudgetSpecError(f"{keyword}={shown(value)}: {error}") from None
-            continue
-        if keyword == TOLERANCE_KEYWORD:
-            try:
-                tolerance = parse_fraction(value)
-            except UnitError as error:
-                raise BudgetSpecError(f"tolerance={shown(value)}: {error}") from None
-            continue
         metric = METRICS_BY_KEYWORD.get(keyword)
-        if metric is None:
+        if metric is None and keyword not in CALL_OPTIONS and keyword != TOLERANCE_KEYWORD:
             raise BudgetSpecError(
                 f"unknown keyword {keyword!r}{_suggest(keyword)}; accepted keywords: {accepted}"
             )
         try:
-            limit = metric.parse(value)
+            if keyword in CALL_OPTIONS:
+                options[keyword] = CALL_OPTIONS[keyword].parse(value)
+            elif keyword == TOLERANCE_KEYWORD:
+                tolerance = parse_fraction(value)
+            else:
+                assert metric is not None
+                limits[metric.name] = metric.parse(value)
         except UnitError as error:
             raise BudgetSpecError(f"{keyword}={shown(value)}: {error}") from None
-        if limit <= 0:
+        if metric is not None and limits[metric.name] <= 0:
             raise BudgetSpecError(f"{keyword}={shown(value)}: a limit must be greater than zero")
-        limits[metric.name] = limit
     return Budget(limits=limits, tolerance=tolerance, options=options)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One metric judged against one reference (a limit or a baseline)."""
-
-    metric: str
-    measured: float
-    reference: float
-    source: str  # "marker", "budgets.yaml limits" or "baseline"
-    status: str  # "ok", "over", "shrank" or "inconclusive"
-    tolerance: float = 0.0
-    note: str = ""  # why a timing verdict is inconclusive, and what to do
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "over"
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.source == "baseline"
-
-    @property
-    def usage(self) -> float:
-        """How much of the budget is used: above 1 means over (inverted for minimums)."""
-        metric = METRICS_BY_NAME[self.metric]
-        if metric.higher_is_better:
-            return self.reference / self.measured if self.measured else float("inf")
-        return self.measured / self.reference if self.reference else float("inf")
-
-    @property
-    def change(self) -> str:
-        return format_change(self.measured, self.reference)
-
-    def describe(self) -> str:
-        """``macs 1.46 M > baseline 1.33 M (+9.9%)``, with units."""
-        metric = METRICS_BY_NAME[self.metric]
-        relation = {"over": ">", "shrank": "<", "inconclusive": "~>"}.get(self.status, "<=")
-        if self.status == "over" and metric.higher_is_better:
-            relation = "<"
-        what = "baseline" if self.is_baseline else f"limit ({self.source})"
-        allowed = f", tolerance {self.tolerance:.0%}" if self.is_baseline and self.tolerance else ""
-        prefix = "inconclusive: " if self.status == "inconclusive" else ""
-        note = f"; {prefix}{self.note}" if self.note else ""
-        return (
-            f"{self.metric} {metric.format(self.measured)} {relation} {what} "
-            f"{metric.format(self.reference)} ({self.change}{allowed}){note}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "measured": self.measured,
-            "reference": self.reference,
-            "source": self.source,
-            "status": self.status,
-            "tolerance": self.tolerance,
-            "note": self.note,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Check:
-        return cls(**data)
-
-
-def check_limits(measured: Mapping[str, float], budget: Budget, source: str) -> list[Check]:
-    """Hard limits: over when the measured value exceeds the limit."""
-    return [
-        Check(
-            metric,
-            measured[metric],
-            limit,
-            source,
-            "over" if METRICS_BY_NAME[metric].exceeds(measured[metric], limit) else "ok",
-        )
-        for metric, limit in budget.limits.items()
-        if metric in measured
-    ]
-
-
-def check_baseline(
-    measured: Mapping[str, float], baseline: Mapping[str, float], tolerance: float
-) -> list[Check]:
-    """The ratchet: over when a metric grew beyond ``tolerance``; shrank when it fell."""
-    checks = []
-    for metric in RATCHETED:
-        if metric not in measured or metric not in baseline:
-            continue
-        value, reference = measured[metric], baseline[metric]
-        if value > reference * (1.0 + tolerance):
-            status = "over"
-        elif value < reference:
-            status = "shrank"
-        else:
-            status = "ok"
-        checks.append(Check(metric, value, reference, "baseline", status, tolerance))
-    return checks
-
-
-def check(
-    measured: Mapping[str, float],
-    *,
-    marker: Budget,
-    file_limits: Budget | None,
-    baseline: Mapping[str, float] | None,
-) -> list[Check]:
-    """Every check for one measurement: marker limits, file limits, then the baseline.
-
-    The tolerance for the baseline comes from the marker, else from the file, else 0.
-    """
-    checks = check_limits(measured, marker, "marker")
-    if file_limits is not None:
-        checks += check_limits(measured, file_limits, "budgets.yaml limits")
-    if baseline is not None:
-        tolerance = marker.tolerance
-        if tolerance is None and file_limits is not None:
-            tolerance = file_limits.tolerance
-        checks += check_baseline(measured, baseline, tolerance or 0.0)
-    return checks
 
 
 def keyword_table() -> list[tuple[str, str, str]]:
@@ -334,18 +137,100 @@ def keyword_table() -> list[tuple[str, str, str]]:
     rows.append(
         (TOLERANCE_KEYWORD, "fraction", "relative growth of MACs, params and size allowed over the baseline")
     )
-    rows += [(keyword, *OPTION_HELP[keyword]) for keyword in CALL_OPTIONS]
+    rows += [(keyword, option.kind, option.help) for keyword, option in CALL_OPTIONS.items()]
     return rows
 
 
-OPTION_HELP: Mapping[str, tuple[str, str]] = {
-    "timing": ("bool", "time this call and keep a latency baseline, even without a timed limit"),
-    "latency_stat": ("median|p90", "the latency statistic judged against limits and baselines"),
-    "latency_tolerance": ("fraction", "slowdown over the latency baseline allowed (default 10%)"),
-    "cuda_graph": ("bool", "time CUDA-graph replays: latency without host launch overhead"),
-    "device": ("device", "time on this device ('cpu', 'cuda', 'cuda:1'); the model is moved there and back"),
-    "batch_size": (
-        "count",
-        "items per call for min_throughput (default: the first input's leading dimension)",
-    ),
-}
+# -- the resolved budget of one call ---------------------------------------------------
+
+
+class Source(str, Enum):
+    """Where a reference value comes from; the value is how reports name it."""
+
+    MARKER = "marker"
+    FILE = "budgets.yaml limits"
+    BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One hard limit on one metric, and who set it."""
+
+    metric: str
+    value: float
+    source: Source
+
+    @property
+    def definition(self) -> Metric:
+        return METRICS_BY_NAME[self.metric]
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """The run-wide settings a measurement needs (resolved once by the pytest layer)."""
+
+    update: bool = False
+    strict: bool = False
+    timing_enabled: bool = True
+    timing: TimingSettings | None = None  # None: the defaults of TimingSettings
+    latency_stat: str = "median"
+    latency_tolerance: float = 0.10
+    hardware: str | None = None  # roofline preset when the budget names none
+
+
+@dataclass(frozen=True)
+class CallBudget:
+    """Everything that decides how one call is measured and judged, merged once.
+
+    Limits from the marker come before those from budgets.yaml; both apply. Options
+    (device, latency statistic, ...) come from the marker, else the file, else the run.
+    """
+
+    limits: tuple[Limit, ...]
+    tolerance: float  # growth allowed over the MACs/params/size baseline
+    latency_tolerance: float
+    latency_stat: str
+    timing: TimingSettings  # with this call's device and CUDA-graph choice
+    timed: bool  # the call asks for timing and the run allows it
+    hardware: object | None  # roofline spec (preset name or mapping), or None
+    batch_size: int | None  # items per call for throughput; None: from the inputs
+    update: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
+    strict: bool = False  # --budget-strict (never while updating)
+
+    def limits_of(self, metric: str) -> tuple[Limit, ...]:
+        return tuple(limit for limit in self.limits if limit.metric == metric)
+
+    def limited(self, metric: str) -> bool:
+        return any(limit.metric == metric for limit in self.limits)
+
+
+def resolve(marker: Budget, file_limits: Budget | None, settings: CallSettings) -> CallBudget:
+    """The marker, the file's hand-written limits and the run's settings, as one value."""
+    from .timing import TimingSettings
+
+    sources = [(Source.MARKER, marker)] + ([(Source.FILE, file_limits)] if file_limits else [])
+    limits = tuple(
+        Limit(metric, value, source) for source, budget in sources for metric, value in budget.limits.items()
+    )
+    options = {**(file_limits.options if file_limits else {}), **marker.options}
+    tolerance = marker.tolerance
+    if tolerance is None and file_limits is not None:
+        tolerance = file_limits.tolerance
+    timing = settings.timing or TimingSettings()
+    wants_timing = bool(options.get("timing")) or any(METRICS_BY_NAME[lim.metric].timed for lim in limits)
+    return CallBudget(
+        limits=limits,
+        tolerance=tolerance or 0.0,
+        latency_tolerance=float(options.get("latency_tolerance", settings.latency_tolerance)),
+        latency_stat=str(options.get("latency_stat", settings.latency_stat)),
+        timing=replace(
+            timing,
+            device=options.get("device", timing.device),
+            cuda_graph=options.get("cuda_graph", timing.cuda_graph),
+        ),
+        timed=settings.timing_enabled and wants_timing,
+        hardware=options.get("hardware", settings.hardware),
+        batch_size=options.get("batch_size"),
+        update=settings.update,
+        strict=settings.strict and not settings.update,
+    )

@@ -1,18 +1,14 @@
-"""Where timing happens: device fingerprints, a per-device lock, machine-speed probes.
+"""Where timing happens: device fingerprints, exclusive use of a device, the model moved there.
 
 * A *fingerprint* names the kind of device a timing baseline belongs to (GPU name, or
   CPU model and thread count, plus dtype and mode). Baselines are compared only on the
-  same fingerprint.
-* The *device lock* is a cross-process file lock per device on this host, so pytest-xdist
-  workers never time on the same device at once (counting stays parallel).
-* *Probes* are tiny fixed workloads timed next to the model. Shared CI machines go
-  through slow periods, seconds to minutes long, in which all work slows down by 20-50%.
-  On CPU a probe runs before every timed block (:class:`SpeedProbe`), so a measurement
-  knows how fast the machine was at each moment, and the verdict compares the model's
-  time *relative to the machine's speed* with the baseline's. Elsewhere (CUDA) the probes
-  run once after a slow-looking measurement (:func:`measure_probes`): when they slowed as
-  much as the model did, the machine explains the slowdown and the verdict is
-  "inconclusive", not a failure.
+  same fingerprint. A :class:`Placement` resolves device, threads and fingerprint once
+  per measured call.
+* :func:`exclusive_use` is the one context every timed or memory-measuring run goes
+  through: a cross-process lock per device on this host (so pytest-xdist workers never
+  time on the same device at once; counting stays parallel), the model moved to the
+  device and back, a fixed CPU thread count, inference mode, and the model left exactly
+  as it was afterwards.
 """
 
 from __future__ import annotations
@@ -21,15 +17,17 @@ import os
 import platform
 import re
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported only where it is used: the report needs cpu_model() alone
     import torch
+
+    from .timing import TimingSettings
 
 
 @cache
@@ -58,6 +56,70 @@ def fingerprint(device: torch.device, *, threads: int, dtype: torch.dtype, mode:
     return f"{device.type} | {kind} | {mode}"
 
 
+def model_device(model: Any, args: Sequence[Any]) -> torch.device:
+    """Where the model's parameters (else buffers, else first tensor input) are."""
+    import torch
+
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device  # type: ignore[no-any-return]
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            return arg.device
+    return torch.device("cpu")
+
+
+def _dtype_of(model: Any, args: Sequence[Any]) -> torch.dtype:
+    import torch
+
+    for tensor in (*model.parameters(), *model.buffers(), *args):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def batch_size_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    """The first tensor input's leading dimension (1 for a scalar input)."""
+    import torch
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.dim() else 1
+    return 1
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a call is timed and under which fingerprint its timing baseline is kept."""
+
+    device: torch.device
+    threads: int | None  # CPU threads while timing; None: leave the setting alone (GPUs)
+    fingerprint: str
+
+
+def target_device(model: Any, args: Sequence[Any], settings: TimingSettings) -> torch.device:
+    """Where the call runs when timed: the device named in ``settings``, else the model's."""
+    import torch
+
+    return torch.device(settings.device) if settings.device else model_device(model, args)
+
+
+def placement(model: Any, args: Sequence[Any], settings: TimingSettings) -> Placement:
+    """The device (named in ``settings``, else the model's), thread count and fingerprint."""
+    import torch
+
+    from .errors import MeasurementError
+
+    device = target_device(model, args, settings)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MeasurementError(f"cannot time on {device}: CUDA is not available on this machine")
+    threads = settings.threads if device.type == "cpu" else None
+    mode = "cuda-graph" if settings.cuda_graph else "eager"
+    key = fingerprint(
+        device, threads=threads or torch.get_num_threads(), dtype=_dtype_of(model, args), mode=mode
+    )
+    return Placement(device, threads, key)
+
+
 def _lock_path(device: torch.device) -> Path:
     uid = os.getuid() if hasattr(os, "getuid") else 0
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(device))
@@ -67,115 +129,52 @@ def _lock_path(device: torch.device) -> Path:
 @contextmanager
 def device_lock(device: torch.device) -> Iterator[None]:
     """Exclusive use of ``device`` for timing among the processes of this host."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; timings may overlap under xdist
+    from filelock import FileLock  # imported with the first measurement, not at start-up
+
+    with FileLock(_lock_path(device)):
+        yield
+
+
+@contextmanager
+def _on_device(model: Any, device: torch.device) -> Iterator[None]:
+    original = model_device(model, ())
+    if original == device:
         yield
         return
-    fd = os.open(_lock_path(device), os.O_RDWR | os.O_CREAT, 0o600)
+    model.to(device)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        model.to(original)
 
 
-def _probe_matmul() -> Callable[[], object]:
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
     import torch
 
-    a = torch.randn(192, 192)
-    return lambda: torch.mm(a, a)
-
-
-def _probe_copy() -> Callable[[], object]:
-    import torch
-
-    src = torch.empty(2**21)  # 8 MiB: past most L2 caches
-    dst = torch.empty_like(src)
-    return lambda: dst.copy_(src)
-
-
-def _probe_python() -> Callable[[], object]:
-    def loop() -> int:
-        total = 0
-        for i in range(20_000):
-            total += i * i
-        return total
-
-    return lambda: loop()
-
-
-PROBES: Mapping[str, Callable[[], Callable[[], object]]] = {
-    "matmul": _probe_matmul,
-    "copy": _probe_copy,
-    "python": _probe_python,
-}
-
-
-class SpeedProbe:
-    """The machine's speed at this moment: one run of the matmul probe, in seconds.
-
-    Called before every timed block on CPU, so each block's time can be divided by the
-    machine's speed just before it. Of the probes the matmul follows models best through a
-    slow period (measured: see docs/benchmarks.md), and it costs about 0.2 ms.
-    """
-
-    def __init__(self) -> None:
-        self._work = PROBES["matmul"]()
-        self._work()  # warm-up
-        self.runs_s: list[float] = []
-
-    def __call__(self) -> float:
-        start = time.perf_counter()
-        self._work()
-        elapsed = time.perf_counter() - start
-        self.runs_s.append(elapsed)
-        return elapsed
-
-    def medians_ms(self) -> dict[str, float]:
-        """The probe's median time, as stored with a baseline (``{"matmul": ms}``)."""
-        import statistics
-
-        return {"matmul": statistics.median(self.runs_s) * 1e3} if self.runs_s else {}
-
-
-def measure_probes(repeats: int = 21) -> dict[str, float]:
-    """Milliseconds of each probe at one thread: the median of ``repeats`` runs.
-
-    The median, like the model's latency: a machine shared with other work slows both the
-    model and the probes, and the verdict compares the two.
-    """
-    import statistics
-
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        results = {}
-        for name, make in PROBES.items():
-            work = make()
-            work()  # warm-up
-            runs = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                work()
-                runs.append(time.perf_counter() - start)
-            results[name] = statistics.median(runs) * 1e3
-        return results
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
-def machine_slowdown(now: Mapping[str, float], then: Mapping[str, float]) -> float:
-    """How much slower the machine is now than when ``then`` was probed (1.0 = same).
+@contextmanager
+def exclusive_use(model: Any, device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """Run the model alone on ``device``, in inference mode; leave it as it was after."""
+    import torch
 
-    The median of the per-probe ratios, so one probe hit by an interruption does not
-    decide; 1.0 when there is nothing to compare.
-    """
-    ratios = sorted(now[name] / then[name] for name in now if then.get(name))
-    if not ratios:
-        return 1.0
-    middle = len(ratios) // 2
-    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    from .model_state import Inventory, model_left_as_it_was
+
+    with (
+        device_lock(device),
+        model_left_as_it_was(Inventory.of(model), restore_values=True),
+        _on_device(model, device),
+        _threads(threads),
+        torch.inference_mode(),
+    ):
+        yield

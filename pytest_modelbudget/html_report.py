@@ -1,6 +1,6 @@
 """A self-contained HTML report of a run: one file, no network, no JavaScript library.
 
-:func:`render` turns ``CallResult.to_dict()`` dicts into a page with
+:func:`render` turns :class:`~.results.CallResult` values into a page with
 
 * a table of every measured call, sortable (click a header, or the select above it) and
   sorted by the highest share of a budget used, worst first;
@@ -22,7 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .baselines import ROOT_MODULE
-from .budgets import METRICS_BY_NAME, Check
+from .checks import Check, Status
+from .metrics import METRICS_BY_NAME
 from .results import CallResult
 from .units import format_bytes, format_count, format_duration
 
@@ -73,9 +74,9 @@ def _percent(usage: float | None) -> str:
 
 def _status(result: CallResult, check: Check) -> str:
     """The check's colour: an over-baseline measured by --update-budgets was accepted."""
-    if result.updating and check.is_baseline and check.status != "ok":
+    if result.updating and check.is_baseline and check.status is not Status.OK:
         return "updated"
-    return check.status
+    return check.status.value
 
 
 def _usage(result: CallResult) -> float | None:
@@ -91,9 +92,9 @@ def _sort_value(value: float | None) -> str:
     return "1e308" if not math.isfinite(value) else repr(float(value))
 
 
-def render(results: Sequence[Mapping[str, Any]], *, title: str, environment: Mapping[str, Any]) -> str:
-    """The whole HTML page for ``results`` (``CallResult.to_dict()`` dicts)."""
-    calls = [CallResult.from_dict(data) for data in results]
+def render(results: Sequence[CallResult], *, title: str, environment: Mapping[str, Any]) -> str:
+    """The whole HTML page for ``results``."""
+    calls = list(results)
     ordered = sorted(
         enumerate(calls),
         key=lambda item: (-_order_usage(_usage(item[1])), item[1].key, item[0]),
@@ -138,7 +139,7 @@ def _order_usage(usage: float | None) -> float:
 def _summary_chips(calls: Sequence[CallResult]) -> Iterator[str]:
     counts = {verdict: 0 for verdict in _VERDICTS}
     for call in calls:
-        counts[call.verdict] = counts.get(call.verdict, 0) + 1
+        counts[call.verdict.value] = counts.get(call.verdict.value, 0) + 1
     noun = "call" if len(calls) == 1 else "calls"
     chips = "".join(
         f'<span class="chip v-{_e(verdict)}">{n} {_e(verdict)}</span>' for verdict, n in counts.items() if n
@@ -192,12 +193,12 @@ def _table(ordered: Sequence[tuple[int, CallResult]]) -> Iterator[str]:
 def _row(index: int, result: CallResult) -> str:
     usage = _usage(result)
     worst = max(result.checks, key=lambda c: c.usage) if result.checks else None
-    latency = result.timing["median_ms"] if result.timing else None
+    latency = result.timing.median_ms if result.timing else None
     metrics = result.metrics
     attributes = {
         "data-section": f"call-{index}",
         "data-name": _label_of(result),
-        "data-verdict": str(_SEVERITY.get(result.verdict, 0)),
+        "data-verdict": str(_SEVERITY.get(result.verdict.value, 0)),
         "data-usage": _sort_value(usage),
         "data-macs": _sort_value(metrics.get("macs")),
         "data-params": _sort_value(metrics.get("params")),
@@ -208,7 +209,7 @@ def _row(index: int, result: CallResult) -> str:
     worst_cell = "&ndash;"
     if worst is not None:
         status = _status(result, worst)
-        what = f"{_label(worst.metric)} {_SOURCES.get(worst.source, worst.source)}"
+        what = f"{_label(worst.metric)} {_SOURCES[worst.source.value]}"
         worst_cell = (
             f'<span class="mini s-{_e(status)}">'
             f'<span style="width:{_bar_width(worst.usage):.1f}%"></span></span>'
@@ -216,7 +217,7 @@ def _row(index: int, result: CallResult) -> str:
         )
     cells = [
         f'<td><a href="#call-{index}">{_e(_label_of(result))}</a></td>',
-        f'<td><span class="badge v-{_e(result.verdict)}">{_e(result.verdict)}</span></td>',
+        f'<td><span class="badge v-{_e(result.verdict.value)}">{_e(result.verdict.value)}</span></td>',
         f'<td class="use">{worst_cell}</td>',
         f'<td class="num">{_e(format_count(metrics["macs"])) if "macs" in metrics else "&ndash;"}</td>',
         f'<td class="num">{_e(format_count(metrics["params"])) if "params" in metrics else "&ndash;"}</td>',
@@ -241,7 +242,7 @@ def _section(index: int, result: CallResult) -> Iterator[str]:
     usage = _usage(result)
     yield (
         f'<section class="call" id="call-{index}" data-usage="{_e(_sort_value(usage))}">'
-        f'<h3><span class="badge v-{_e(result.verdict)}">{_e(result.verdict)}</span> '
+        f'<h3><span class="badge v-{_e(result.verdict.value)}">{_e(result.verdict.value)}</span> '
         f"<code>{_e(_label_of(result))}</code></h3>"
     )
     yield from _stats(result)
@@ -275,21 +276,21 @@ def _stats(result: CallResult) -> Iterator[str]:
     timing = result.timing
     if timing:
         detail = (
-            f"p90 {format_duration(timing['p90_ms'])}, IQR {format_duration(timing['iqr_ms'])}, "
-            f"{timing['samples']} samples"
+            f"p90 {format_duration(timing.p90_ms)}, IQR {format_duration(timing.iqr_ms)}, "
+            f"{timing.samples} samples"
         )
-        items.insert(5, ("latency", f"{format_duration(timing['median_ms'])} ({detail})"))
+        items.insert(5, ("latency", f"{format_duration(timing.median_ms)} ({detail})"))
     cells = "".join(f"<div><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>" for name, value in items)
     where = f"counted on {result.executed_on}, {result.convention}"
-    if timing and timing.get("fingerprint"):
-        where += f"; timed on {timing['fingerprint']}"
+    if timing and timing.fingerprint:
+        where += f"; timed on {timing.fingerprint}"
     yield f'<dl class="stats">{cells}</dl><p class="muted small">{_e(where)}</p>'
 
 
 def _check_bar(result: CallResult, check: Check) -> Iterator[str]:
     status = _status(result, check)
     metric = METRICS_BY_NAME.get(check.metric)
-    source = _SOURCES.get(check.source, check.source)
+    source = _SOURCES[check.source.value]
     minimum = metric is not None and metric.higher_is_better
     relation = ", minimum" if minimum else " of"
     text = f"{_format(check.metric, check.measured)}{relation} {_format(check.metric, check.reference)}"

@@ -1,47 +1,30 @@
-"""One measured call, start to finish: count, time if asked, judge, and describe the outcome.
+"""One measured call, start to finish: count, time if asked, judge -- as typed values.
 
-Plain Python, no pytest: the fixture calls :func:`measure_call` and only turns the
-outcome into a pass, a failure or a warning.
+Plain Python, no pytest and no text for users: :func:`measure_call` returns a
+:class:`~.results.CallResult` (its checks, verdict and ``--budget-strict`` failures) and
+the :class:`~.results.Measurement` the fixture hands back; the pytest layer has the
+report layer word them and turns them into a pass, a failure or a warning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import budgets, report
-from .baselines import Entry
-from .budgets import Budget, Check
-from .results import CallResult, Measurement, entry_key, shallow_modules
-from .timing import LatencyBaseline, TimingSettings, TimingStats, TimingVerdict
+from .baselines import Entry, entry_key
+from .budgets import Budget, CallBudget, CallSettings, Limit, resolve
+from .checks import call_verdict, check_call, strict_failures
+from .errors import MeasurementError
+from .metrics import Readings, read_all
+from .results import CallResult, Measurement, shallow_modules
 
 if TYPE_CHECKING:
     from .counting import Counts
-    from .timing import Progress
+    from .timing import Progress, TimingStats
+    from .timing_verdicts import TimingJudgement
 
 MODULE_DEPTH = 2  # levels of the module tree kept in budgets.yaml for failure messages
-
-
-@dataclass(frozen=True)
-class CallSettings:
-    """The run-wide settings a measurement needs (resolved once by the plugin)."""
-
-    update: bool = False
-    strict: bool = False
-    timing_enabled: bool = True
-    timing: TimingSettings = field(default_factory=TimingSettings)
-    latency_stat: str = "median"
-    latency_tolerance: float = 0.10
-    hardware: str | None = None  # roofline preset when the budget names none
-
-
-@dataclass(frozen=True)
-class Outcome:
-    result: CallResult
-    measurement: Measurement
-    failures: tuple[str, ...]  # lines of the failure message; empty when the call passed
-    warnings: tuple[str, ...]  # inconclusive timing verdicts (failures under strict)
 
 
 def measure_call(
@@ -54,55 +37,42 @@ def measure_call(
     marker: Budget,
     entry: Entry | None,
     settings: CallSettings,
-    budgets_file: str,
     progress: Progress | None = None,
-) -> Outcome:
+) -> tuple[CallResult, Measurement]:
     """Count (and time, when the budget asks for it) one forward pass and judge it.
 
     Raises :class:`~.errors.MeasurementError` when the model cannot be measured; an
     exception from the model's own forward propagates unchanged.
     """
     from .counting import count  # imports torch: only when a model is measured
+    from .devices import target_device
 
+    budget = resolve(marker, entry.budget if entry else None, settings)
     counts = count(model, args, kwargs)
-    measured: dict[str, float] = _counted_metrics(counts)
-    file_budget = entry.budget if entry else None
-    roofline_ms = _roofline_ms(counts, marker, file_budget, settings)
-    if roofline_ms is not None:
-        measured["roofline_ms"] = roofline_ms
-    # Peak memory: on CUDA the allocator's peak from a real forward (below); elsewhere the
-    # estimate from the dispatch trace.
-    on_cuda = _runs_on_cuda(model, args, marker, file_budget, settings)
-    if not on_cuda:
-        measured["memory"] = counts.peak_memory
-    has_baseline = entry is not None and bool(entry.metrics)
-    checks = budgets.check(
-        measured,
-        marker=marker,
-        file_limits=file_budget,
-        baseline=entry.metrics if entry is not None and has_baseline else None,
-    )
+    on_cuda = target_device(model, args, budget.timing).type == "cuda"
+    judgement: TimingJudgement | None = None
+    timed_limits: tuple[Limit, ...] = ()
     timing: TimingStats | None = None
-    probes: Mapping[str, float] = {}
-    wants_timing = marker.wants_timing or (file_budget is not None and file_budget.wants_timing)
-    if settings.timing_enabled and wants_timing:
-        timing, timing_checks, probes = _time_and_judge(
-            model, args, kwargs, marker, file_budget, entry, settings, progress
-        )
-        checks += timing_checks
-        measured.update(latency_ms=timing.median_ms, throughput=timing.throughput)
-        if timing.peak_memory is not None:
-            measured["memory"] = timing.peak_memory
-            checks += _memory_checks(measured, marker, file_budget)
-        batch_checks = _max_batch_checks(model, args, kwargs, marker, file_budget, settings)
-        if batch_checks:
-            measured["max_batch"] = batch_checks[0].measured
-            checks += batch_checks
-    if on_cuda and "memory" not in measured and _limits(marker, file_budget, "memory"):
-        from .timing import cuda_peak_memory
-
-        measured["memory"] = cuda_peak_memory(model, args, kwargs)
-        checks += _memory_checks(measured, marker, file_budget)
+    if budget.timed:
+        timed_limits = tuple(limit for limit in budget.limits if limit.metric in ("latency_ms", "throughput"))
+        judgement, timing = _time(model, args, kwargs, budget, timed_limits, entry, progress)
+    readings = Readings(
+        counts=counts,
+        timing=timing,
+        roofline_ms=_roofline_ms(counts, budget),
+        cuda_memory=_cuda_memory(model, args, kwargs, budget, timing) if on_cuda else None,
+        on_cuda=on_cuda,
+        max_batch=_max_batch(model, args, kwargs, budget),
+    )
+    measured = read_all(readings)
+    has_baseline = entry is not None and bool(entry.metrics)
+    checks = check_call(
+        measured,
+        budget,
+        entry.metrics if entry is not None and has_baseline else None,
+        timed_limits=dict(zip(timed_limits, judgement.limits, strict=True)) if judgement else None,
+        latency_baseline=judgement.baseline if judgement else None,
+    )
     result = CallResult(
         nodeid=nodeid,
         name=name,
@@ -111,197 +81,106 @@ def measure_call(
         uncounted=dict(counts.uncounted),
         convention=counts.convention,
         executed_on=counts.executed_on,
-        checks=tuple(checks),
+        checks=checks,
+        verdict=call_verdict(checks, has_baseline=has_baseline, updating=budget.update),
+        strict_failures=strict_failures(checks, has_baseline=has_baseline, uncounted=counts.uncounted)
+        if budget.strict
+        else (),
         baseline_modules=entry.modules if entry else {},
         has_baseline=has_baseline,
-        updating=settings.update,
-        timing=timing.to_dict() if timing else None,
-        probes=dict(probes),
+        updating=budget.update,
+        timing=timing,
     )
-    failures = list(report.failure_lines(result, budgets_file)) if result.failed_checks else []
-    inconclusive = [
-        c for c in result.checks if c.status == "inconclusive" and not (settings.update and c.is_baseline)
-    ]
-    warnings = [f"{result.key}: {c.describe()}. {report.TIMING_HINT}" for c in inconclusive]
-    if settings.strict and not settings.update:
-        if not has_baseline:
-            failures.append(
-                f"--budget-strict: {result.key} has no baseline in {budgets_file}; "
-                "record one with pytest --model-budget --update-budgets"
-            )
-        if counts.uncounted:
-            ops = ", ".join(f"{op} x{n}" for op, n in counts.uncounted.items())
-            failures.append(f"--budget-strict: ops with arithmetic the counter cannot count: {ops}")
-        failures += [f"--budget-strict: inconclusive timing is a failure: {w}" for w in warnings]
-        warnings = []
-    measurement = Measurement(key=entry_key(nodeid, name), counts=counts, checks=result.checks, timing=timing)
-    return Outcome(result, measurement, tuple(failures), tuple(warnings))
+    measurement = Measurement(key=entry_key(nodeid, name), counts=counts, checks=checks, timing=timing)
+    return result, measurement
 
 
-def _counted_metrics(counts: Counts) -> dict[str, float]:
-    return {
-        "macs": counts.macs,
-        "flops": counts.flops,
-        "params": counts.params,
-        "size": counts.size_bytes,
-        "memory_traffic": counts.memory_traffic,
-    }
+def _time(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    budget: CallBudget,
+    limits: tuple[Limit, ...],
+    entry: Entry | None,
+    progress: Progress | None,
+) -> tuple[TimingJudgement, TimingStats]:
+    """Time the call (again while it looks slow) and judge its timed limits and baseline.
+
+    Returns the judgement and the measurement the call reports: when recording a baseline,
+    the typical one with the machine's speed probes; otherwise the least disturbed one.
+    """
+    from .devices import batch_size_of, placement
+    from .probes import measure_probes
+    from .timing import time_forward
+    from .timing_verdicts import RECORD_MEASUREMENTS, LatencyBaseline, measure_and_judge, recorded
+
+    where = placement(model, args, budget.timing)  # the fingerprint, computed once per call
+    batch = budget.batch_size or batch_size_of(args, kwargs)
+    stored = entry.timing.get(where.fingerprint) if entry else None
+    baseline = LatencyBaseline.from_stored(stored) if stored else None
+
+    def limit_ms(limit: Limit) -> float:
+        # A throughput limit is judged as the latency it allows at this batch size.
+        return limit.value if limit.metric == "latency_ms" else batch * 1e3 / limit.value
+
+    judgement = measure_and_judge(
+        lambda: time_forward(
+            model, args, kwargs, budget.timing, batch_size=batch, progress=progress, where=where
+        ),
+        limits_ms=[limit_ms(limit) for limit in limits],
+        baseline=baseline,
+        tolerance=budget.latency_tolerance,
+        stat=budget.latency_stat,
+        probe=measure_probes,
+        at_least=RECORD_MEASUREMENTS if budget.update else 1,
+    )
+    if not budget.update:
+        return judgement, judgement.best(budget.latency_stat)
+    # A baseline keeps the machine's speed beside its timing: on CPU the probes taken
+    # during the measurement, elsewhere a set taken now.
+    kept = recorded(judgement.measurements, budget.latency_stat)
+    return judgement, replace(kept, probes=kept.probes or measure_probes())
 
 
-def _roofline_ms(
-    counts: Counts, marker: Budget, file_budget: Budget | None, settings: CallSettings
-) -> float | None:
+def _roofline_ms(counts: Counts, budget: CallBudget) -> float | None:
     """The roofline latency estimate, when a budget limits it or a hardware spec is given."""
-    from .errors import MeasurementError
     from .roofline import estimate, hardware
 
-    options = _options(marker, file_budget)
-    spec = options.get("hardware", settings.hardware)
-    limited = "roofline_ms" in marker.limits or (
-        file_budget is not None and "roofline_ms" in file_budget.limits
-    )
-    if spec is None:
-        if limited:
+    if budget.hardware is None:
+        if budget.limited("roofline_ms"):
             raise MeasurementError(
                 "max_roofline_ms needs a hardware spec: hardware='h100' in the marker, or --budget-hardware"
             )
         return None
-    return estimate(counts.ops, hardware(spec)).total_ms
+    return estimate(counts.ops, hardware(budget.hardware)).total_ms
 
 
-def _time_and_judge(
+def _cuda_memory(
     model: Any,
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
-    marker: Budget,
-    file_budget: Budget | None,
-    entry: Entry | None,
-    settings: CallSettings,
-    progress: Progress | None,
-) -> tuple[TimingStats, list[Check], Mapping[str, float]]:
-    from .devices import measure_probes
-    from .timing import (
-        RECORD_MEASUREMENTS,
-        batch_size_of,
-        fingerprint_for,
-        measure_and_judge,
-        recorded,
-        time_forward,
+    budget: CallBudget,
+    timing: TimingStats | None,
+) -> int | None:
+    """The allocator peak on CUDA: from the timed run, else one forward when a limit needs it."""
+    if timing is not None and timing.peak_memory is not None:
+        return timing.peak_memory
+    if not budget.limited("memory"):
+        return None
+    from .cuda_memory import cuda_peak_memory
+
+    return cuda_peak_memory(model, args, kwargs)
+
+
+def _max_batch(
+    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], budget: CallBudget
+) -> int | None:
+    """The largest batch that fits, searched up to 4x the largest batch a limit requires."""
+    required = budget.limits_of("max_batch")
+    if not required or not budget.timed:
+        return None
+    from .cuda_memory import max_batch
+
+    return max_batch(
+        model, args, kwargs, budget.timing, limit=int(4 * max(limit.value for limit in required))
     )
-
-    options = _options(marker, file_budget)
-    timing_settings = replace(
-        settings.timing,
-        device=options.get("device", settings.timing.device),
-        cuda_graph=options.get("cuda_graph", settings.timing.cuda_graph),
-    )
-    stat = str(options.get("latency_stat", settings.latency_stat))
-    tolerance = float(options.get("latency_tolerance", settings.latency_tolerance))
-    batch = int(options.get("batch_size") or batch_size_of(args, kwargs))
-    stored = entry.timing.get(fingerprint_for(model, args, timing_settings)) if entry else None
-    baseline = LatencyBaseline.from_stored(stored) if stored else None
-    # Every latency-like limit, as (metric, source, limit, limit in ms per call).
-    limits: list[tuple[str, str, float, float]] = []
-    for source, budget in _sources(marker, file_budget):
-        if "latency_ms" in budget.limits:
-            limits.append(("latency_ms", source, budget.limits["latency_ms"], budget.limits["latency_ms"]))
-        if "throughput" in budget.limits:
-            per_second = budget.limits["throughput"]
-            limits.append(("throughput", source, per_second, batch * 1e3 / per_second))
-
-    def measure() -> TimingStats:
-        return time_forward(model, args, kwargs, timing_settings, batch_size=batch, progress=progress)
-
-    measurements, verdicts, _ = measure_and_judge(
-        measure,
-        limits_ms=[limit_ms for *_, limit_ms in limits],
-        baseline=baseline,
-        tolerance=tolerance,
-        stat=stat,
-        probe=measure_probes,
-        at_least=RECORD_MEASUREMENTS if settings.update else 1,
-    )
-    best = recorded(measurements, stat) if settings.update else min(measurements, key=lambda m: m.stat(stat))
-    checks = [_limit_check(limit, verdict, best) for limit, verdict in zip(limits, verdicts, strict=False)]
-    if baseline is not None:
-        verdict = verdicts[-1]
-        checks.append(
-            Check(
-                "latency_ms",
-                verdict.measured_ms,
-                verdict.reference_ms,
-                "baseline",
-                verdict.status,
-                tolerance,
-                verdict.reason,
-            )
-        )
-    # Probes go into the baseline next to the timing they describe: on CPU those taken
-    # during the measurement, elsewhere a set taken now.
-    probes = (best.probes or measure_probes()) if settings.update else {}
-    return best, checks, probes
-
-
-def _sources(marker: Budget, file_budget: Budget | None) -> list[tuple[str, Budget]]:
-    """The budgets that apply to a call, with the name each check reports as its source."""
-    return [("marker", marker)] + ([("budgets.yaml limits", file_budget)] if file_budget else [])
-
-
-def _options(marker: Budget, file_budget: Budget | None) -> dict[str, Any]:
-    """Measurement options (device, cuda_graph, hardware, ...): the marker wins over the file."""
-    return {**(file_budget.options if file_budget else {}), **marker.options}
-
-
-def _limits(marker: Budget, file_budget: Budget | None, metric: str) -> bool:
-    return metric in marker.limits or (file_budget is not None and metric in file_budget.limits)
-
-
-def _runs_on_cuda(
-    model: Any, args: tuple[Any, ...], marker: Budget, file_budget: Budget | None, settings: CallSettings
-) -> bool:
-    from .timing import model_device
-
-    options = _options(marker, file_budget)
-    device = options.get("device", settings.timing.device)
-    return str(device or model_device(model, args)).startswith("cuda")
-
-
-def _memory_checks(measured: Mapping[str, float], marker: Budget, file_budget: Budget | None) -> list[Check]:
-    # Only now is the peak known; the counting checks ran before timing.
-    memory_only = [
-        (source, Budget(limits={"memory": budget.limits["memory"]}))
-        for source, budget in _sources(marker, file_budget)
-        if "memory" in budget.limits
-    ]
-    return [
-        check for source, budget in memory_only for check in budgets.check_limits(measured, budget, source)
-    ]
-
-
-def _max_batch_checks(
-    model: Any,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    marker: Budget,
-    file_budget: Budget | None,
-    settings: CallSettings,
-) -> list[Check]:
-    from .timing import max_batch
-
-    required = [
-        (source, budget.limits["max_batch"])
-        for source, budget in _sources(marker, file_budget)
-        if "max_batch" in budget.limits
-    ]
-    if not required:
-        return []
-    options = _options(marker, file_budget)
-    timing_settings = replace(settings.timing, device=options.get("device", settings.timing.device))
-    found = max_batch(model, args, kwargs, timing_settings, limit=int(4 * max(n for _, n in required)))
-    return [Check("max_batch", found, n, source, "over" if found < n else "ok") for source, n in required]
-
-
-def _limit_check(limit: tuple[str, str, float, float], verdict: TimingVerdict, best: TimingStats) -> Check:
-    metric, source, value, _ = limit
-    measured = best.throughput if metric == "throughput" else verdict.measured_ms
-    return Check(metric, measured, value, source, verdict.status, note=verdict.reason)

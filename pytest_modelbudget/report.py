@@ -1,6 +1,8 @@
-"""Lines of text from results: the failure message and the end-of-run summary.
+"""Words for results: the failure message, warnings, the end-of-run summary, JSON, Markdown, JUnit.
 
-Generators of lines and nothing else; the pytest layer decides where they go.
+Generators of lines (and JSON-able documents) from typed results, and nothing else: the
+pytest layer decides where they go. The only module that turns a check or a verdict into
+text for users (the HTML page has its own, :mod:`.html_report`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,22 @@ import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .budgets import METRICS_BY_NAME, Check
+from .checks import Check, Status, StrictRule, Verdict
+from .metrics import METRICS_BY_NAME
 from .results import CallResult
+from .text_table import text_table
 from .units import format_change, format_count, format_duration
 
 _MODULES_SHOWN = 3
+# The order verdicts are counted in, in the summary line and the JSON report.
+_COUNTED_ORDER = (
+    Verdict.OK,
+    Verdict.OVER,
+    Verdict.INCONCLUSIVE,
+    Verdict.SHRANK,
+    Verdict.NEW,
+    Verdict.UPDATED,
+)
 
 TIMING_HINT = (
     "To decide, give the measurement more time (--budget-time), time a CUDA graph "
@@ -26,20 +39,65 @@ def update_command(nodeid: str) -> str:
     return f"pytest --model-budget --update-budgets {shlex.quote(nodeid)}"
 
 
+def describe(check: Check) -> str:
+    """``macs 1.46 M > baseline 1.33 M (+9.9%)``, with units, tolerance and the timing note."""
+    metric = METRICS_BY_NAME[check.metric]
+    relation = {Status.OVER: ">", Status.SHRANK: "<", Status.INCONCLUSIVE: "~>"}.get(check.status, "<=")
+    if check.status is Status.OVER and metric.higher_is_better:
+        relation = "<"
+    what = "baseline" if check.is_baseline else f"limit ({check.source.value})"
+    allowed = f", tolerance {check.tolerance:.0%}" if check.is_baseline and check.tolerance else ""
+    prefix = "inconclusive: " if check.status is Status.INCONCLUSIVE else ""
+    note = f"; {prefix}{check.note}" if check.note else ""
+    return (
+        f"{check.metric} {metric.format(check.measured)} {relation} {what} "
+        f"{metric.format(check.reference)} ({check.change}{allowed}){note}"
+    )
+
+
+def _inconclusive_lines(result: CallResult) -> list[str]:
+    return [f"{result.key}: {describe(c)}. {TIMING_HINT}" for c in result.inconclusive_checks]
+
+
+def warning_messages(result: CallResult) -> list[str]:
+    """One warning per inconclusive timing verdict (none where --budget-strict fails them)."""
+    if StrictRule.INCONCLUSIVE_TIMING in result.strict_failures:
+        return []
+    return _inconclusive_lines(result)
+
+
 def failure_lines(result: CallResult, budgets_file: str) -> Iterator[str]:
-    """The message of a test that broke a budget: one line per broken budget, then remedies."""
+    """The message of a failed test: each broken budget with remedies, then --budget-strict's rules."""
+    if result.failed_checks:
+        yield from _broken_budget_lines(result, budgets_file)
+    for rule in result.strict_failures:
+        if rule is StrictRule.NO_BASELINE:
+            yield (
+                f"--budget-strict: {result.key} has no baseline in {budgets_file}; "
+                "record one with pytest --model-budget --update-budgets"
+            )
+        elif rule is StrictRule.UNCOUNTED_OPS:
+            ops = ", ".join(f"{op} x{n}" for op, n in result.uncounted.items())
+            yield f"--budget-strict: ops with arithmetic the counter cannot count: {ops}"
+        else:
+            for line in _inconclusive_lines(result):
+                yield f"--budget-strict: inconclusive timing is a failure: {line}"
+
+
+def _broken_budget_lines(result: CallResult, budgets_file: str) -> Iterator[str]:
+    """One line per broken budget, the modules that grew, then what to do."""
     label = result.nodeid + (f" [{result.name}]" if result.name else "")
     yield f"model budget exceeded for {label}:"
     failed = result.failed_checks
     for check in failed:
-        yield f"  {check.describe()}"
+        yield f"  {describe(check)}"
     yield from _grown_modules(result, failed)
     if any(c.is_baseline for c in failed):
         yield (
             f"If this growth is intended, accept it as the new baseline in {budgets_file}: "
             f"{update_command(result.nodeid)}"
         )
-    sources = sorted({c.source for c in failed if not c.is_baseline})
+    sources = sorted({c.source.value for c in failed if not c.is_baseline})
     for source in sources:
         where = "@pytest.mark.model_budget(...)" if source == "marker" else f"'limits:' in {budgets_file}"
         yield f"A limit from {source} is a hard contract: shrink the model or raise the limit in {where}."
@@ -77,7 +135,6 @@ class UpdateSummary:
 
     written: int
     new: int
-    unchanged: int
     removed: Sequence[str]
     file_changed: bool
 
@@ -124,22 +181,13 @@ def summary_lines(
                 *((_latency(result),) if timed else ()),
                 closest,
                 change,
-                result.verdict,
+                result.verdict.value,
             )
         )
     if rows:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        yield "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
-        for row in rows:
-            yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-    counts: dict[str, int] = {}
-    for result in results:
-        counts[result.verdict] = counts.get(result.verdict, 0) + 1
-    parts = [
-        f"{counts[v]} {v}"
-        for v in ("ok", "over", "inconclusive", "shrank", "new", "updated")
-        if counts.get(v)
-    ]
+        yield from text_table(headers, rows)
+    counts = _verdict_counts(results)
+    parts = [f"{counts[v.value]} {v.value}" for v in _COUNTED_ORDER if counts[v.value]]
     yield f"{len(results)} measured call(s): " + (", ".join(parts) if parts else "none")
     uncounted = _uncounted(results)
     if uncounted:
@@ -170,8 +218,7 @@ def summary_lines(
 def _latency(result: CallResult) -> str:
     if not result.timing:
         return "-"
-    spread = result.timing["iqr_ms"] / result.timing["median_ms"] if result.timing["median_ms"] else 0.0
-    return f"{format_duration(result.timing['median_ms'])} ±{spread:.0%}"
+    return f"{format_duration(result.timing.median_ms)} ±{result.timing.spread:.0%}"
 
 
 def _uncounted(results: Iterable[CallResult]) -> Mapping[str, int]:
@@ -211,9 +258,9 @@ def environment() -> dict[str, str]:
 
 
 def _verdict_counts(results: Sequence[CallResult]) -> dict[str, int]:
-    counts = {"ok": 0, "over": 0, "inconclusive": 0, "shrank": 0, "new": 0, "updated": 0}
+    counts = {verdict.value: 0 for verdict in _COUNTED_ORDER}
     for result in results:
-        counts[result.verdict] += 1
+        counts[result.verdict.value] += 1
     return counts
 
 
@@ -228,8 +275,8 @@ def json_report(
                 "test": result.nodeid,
                 "name": result.name,
                 "key": result.key,
-                "verdict": result.verdict,
-                "device": result.timing["fingerprint"] if result.timing else result.executed_on,
+                "verdict": result.verdict.value,
+                "device": result.timing.fingerprint if result.timing else result.executed_on,
                 "counted_on": result.executed_on,
                 "convention": result.convention,
                 "metrics": dict(result.metrics),
@@ -238,7 +285,7 @@ def json_report(
                 ],
                 "modules": {k: dict(v) for k, v in result.modules.items()},
                 "uncounted": dict(result.uncounted),
-                "timing": dict(result.timing) if result.timing else None,
+                "timing": result.timing.to_dict() if result.timing else None,
             }
         )
     return {
@@ -272,14 +319,14 @@ def markdown_lines(results: Sequence[CallResult], *, title: str = "Model budgets
         worst = _worst(result.checks)
         if worst is None:
             macs = format_count(result.metrics["macs"])
-            yield f"| `{result.key}` | macs | {macs} | - | - | - | {result.verdict} |"
+            yield f"| `{result.key}` | macs | {macs} | - | - | - | {result.verdict.value} |"
             continue
         metric = METRICS_BY_NAME[worst.metric]
-        kind = "baseline" if worst.is_baseline else f"limit ({worst.source})"
+        kind = "baseline" if worst.is_baseline else f"limit ({worst.source.value})"
         yield (
             f"| `{result.key}` | {worst.metric} | {metric.format(worst.measured)} | "
             f"{kind} {metric.format(worst.reference)} | {worst.change} | {_usage_bar(worst.usage)} | "
-            f"{result.verdict} |"
+            f"{result.verdict.value} |"
         )
 
 
@@ -289,5 +336,5 @@ def junit_properties(result: CallResult) -> list[tuple[str, object]]:
     properties: list[tuple[str, object]] = [
         (f"{prefix}.{metric}", value) for metric, value in result.metrics.items()
     ]
-    properties.append((f"{prefix}.verdict", result.verdict))
+    properties.append((f"{prefix}.verdict", result.verdict.value))
     return properties

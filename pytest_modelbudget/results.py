@@ -1,8 +1,9 @@
 """The result of one measured call, as a plain value.
 
-A :class:`CallResult` is what the fixture produces, what xdist workers send to the
-controller (``to_dict``/``from_dict``, JSON-able), what the report renders and what
-becomes a baseline entry.
+A :class:`CallResult` is what :func:`~.measure.measure_call` produces, what xdist workers
+send to the controller (``to_dict``/``from_dict``, JSON-able), what the report layer
+words and what becomes a baseline entry. It carries typed checks and its verdict; it
+holds no text for users.
 """
 
 from __future__ import annotations
@@ -11,24 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .baselines import ROOT_MODULE, Entry
-from .budgets import RATCHETED, Check
+from .baselines import ROOT_MODULE, Entry, entry_key
+from .checks import Check, Status, StrictRule, Verdict, enforced
+from .metrics import RATCHETED
+from .timing import TimingStats
+from .timing_verdicts import LatencyBaseline
 
 if TYPE_CHECKING:
     from .counting import Counts
-    from .timing import TimingStats
-
-NAME_SEPARATOR = "#"
-
-
-def entry_key(nodeid: str, name: str | None) -> str:
-    """budgets.yaml key of a call: the test id, plus ``#name`` for named calls."""
-    return nodeid if name is None else f"{nodeid}{NAME_SEPARATOR}{name}"
-
-
-def belongs_to(key: str, nodeids: set[str]) -> bool:
-    """Whether a budgets.yaml key is an entry of one of ``nodeids``."""
-    return key in nodeids or key.rpartition(NAME_SEPARATOR)[0] in nodeids
 
 
 @dataclass(frozen=True)
@@ -41,11 +32,12 @@ class CallResult:
     convention: str
     executed_on: str
     checks: tuple[Check, ...] = ()
+    verdict: Verdict = Verdict.OK
+    strict_failures: tuple[StrictRule, ...] = ()  # what --budget-strict fails this call for
     baseline_modules: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     has_baseline: bool = False
     updating: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
-    timing: Mapping[str, Any] | None = None  # TimingStats.to_dict() of the best measurement
-    probes: Mapping[str, float] = field(default_factory=dict)  # machine speed, for the baseline
+    timing: TimingStats | None = None  # the measurement judged (or recorded), when timed
 
     @property
     def key(self) -> str:
@@ -53,43 +45,22 @@ class CallResult:
 
     @property
     def failed_checks(self) -> list[Check]:
-        return [c for c in self.checks if c.failed and not (self.updating and c.is_baseline)]
+        return [c for c in enforced(self.checks, updating=self.updating) if c.failed]
 
     @property
-    def verdict(self) -> str:
-        """One word for the summary: over, inconclusive, new, shrank, updated or ok."""
-        if self.failed_checks:
-            return "over"
-        if any(c.status == "inconclusive" and not (self.updating and c.is_baseline) for c in self.checks):
-            return "inconclusive"
-        baseline_changed = any(c.status != "ok" for c in self.checks if c.is_baseline)
-        if self.updating:
-            return "updated" if baseline_changed or not self.has_baseline else "ok"
-        if not self.has_baseline:
-            return "new"
-        return "shrank" if baseline_changed else "ok"
+    def inconclusive_checks(self) -> list[Check]:
+        return [c for c in enforced(self.checks, updating=self.updating) if c.status is Status.INCONCLUSIVE]
+
+    @property
+    def failed(self) -> bool:
+        """Whether the test fails: a broken budget, or a --budget-strict rule."""
+        return bool(self.failed_checks or self.strict_failures)
 
     def baseline_entry(self) -> Entry:
         """What --update-budgets stores for this call."""
         timing = {}
         if self.timing:
-            stats = {
-                "median_ms": self.timing["median_ms"],
-                "p90_ms": self.timing["p90_ms"],
-                "min_ms": self.timing["min_ms"],
-                "spread": self.timing["iqr_ms"] / self.timing["median_ms"]
-                if self.timing["median_ms"]
-                else 0.0,
-                "samples": self.timing["samples"],
-            }
-            if self.timing.get("peak_memory") is not None:
-                stats["peak_memory"] = self.timing["peak_memory"]
-            for name in ("relative", "relative_spread"):
-                if self.timing.get(name) is not None:
-                    stats[name] = self.timing[name]
-            if self.probes:
-                stats["probes"] = dict(self.probes)
-            timing[self.timing["fingerprint"]] = stats
+            timing[self.timing.fingerprint] = LatencyBaseline.from_stats(self.timing).to_stored()
         return Entry(
             metrics={m: int(self.metrics[m]) for m in RATCHETED if m in self.metrics},
             modules=self.modules,
@@ -107,11 +78,12 @@ class CallResult:
             "convention": self.convention,
             "executed_on": self.executed_on,
             "checks": [c.to_dict() for c in self.checks],
+            "verdict": self.verdict.value,
+            "strict_failures": [rule.value for rule in self.strict_failures],
             "baseline_modules": {k: dict(v) for k, v in self.baseline_modules.items()},
             "has_baseline": self.has_baseline,
             "updating": self.updating,
-            "timing": dict(self.timing) if self.timing else None,
-            "probes": dict(self.probes),
+            "timing": self.timing.to_dict() if self.timing else None,
         }
 
     @classmethod
@@ -125,11 +97,12 @@ class CallResult:
             convention=data["convention"],
             executed_on=data["executed_on"],
             checks=tuple(Check.from_dict(c) for c in data["checks"]),
+            verdict=Verdict(data["verdict"]),
+            strict_failures=tuple(StrictRule(rule) for rule in data["strict_failures"]),
             baseline_modules={k: dict(v) for k, v in data["baseline_modules"].items()},
             has_baseline=bool(data["has_baseline"]),
             updating=bool(data["updating"]),
-            timing=data["timing"],
-            probes=dict(data["probes"]),
+            timing=TimingStats.from_dict(data["timing"]) if data["timing"] else None,
         )
 
 

@@ -1,4 +1,4 @@
-"""Parse and format the human numbers users write in markers and budgets.yaml.
+"""Parse and format the human values users write in markers, options and budgets.yaml.
 
 Counts (MACs, FLOPs, params) take SI suffixes: ``"4.1G"``, ``"25M"``, ``"300k"``.
 Sizes in bytes take SI or binary units: ``"1.5 GB"``, ``"300 MiB"``, ``"512"``.
@@ -138,6 +138,52 @@ def parse_fraction(value: object) -> float:
     if not math.isfinite(number) or number < 0:
         raise UnitError(f"{shown(value)} is not {FRACTION_FORMAT}")
     return number
+
+
+def parse_positive_int(value: object) -> int:
+    """A whole number >= 1, written as a number (a marker keyword)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnitError(f"{shown(value)} is not a whole number >= 1")
+    return value
+
+
+def parse_count_option(value: object, what: str) -> int:
+    """A whole number >= 1 from the command line or an ini file (``"4"``)."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UnitError(f"{what}={value!r}: expected a whole number >= 1")
+    return number
+
+
+def parse_seconds(value: object, what: str) -> float:
+    """A positive, finite number of seconds, from the command line or an ini file."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise UnitError(f"{what}={value!r}: expected a number of seconds > 0")
+    return number
+
+
+def parse_device(value: object) -> str:
+    """A torch device name: ``"cpu"``, ``"cuda"``, ``"cuda:1"``."""
+    if not isinstance(value, str) or value.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
+        raise UnitError(f"{shown(value)} is not a device name such as 'cpu', 'cuda' or 'cuda:1'")
+    return value
+
+
+LATENCY_STATS = ("median", "p90")
+
+
+def parse_stat(value: object) -> str:
+    """The latency statistic judged: ``"median"`` or ``"p90"``."""
+    if value not in LATENCY_STATS:
+        raise UnitError(f"{shown(value)} is not 'median' or 'p90'")
+    return str(value)
 
 
 def format_count(value: float) -> str:

@@ -2,8 +2,17 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_modelbudget.budgets import Budget, check, check_baseline, parse_budget
+from pytest_modelbudget.budgets import Budget, CallSettings, parse_budget, resolve
+from pytest_modelbudget.checks import Check, check_baseline, check_call
 from pytest_modelbudget.errors import BudgetSpecError
+from pytest_modelbudget.report import describe
+
+
+def check(
+    measured: dict[str, float], *, marker: Budget, file_limits: Budget | None, baseline: dict[str, int] | None
+) -> tuple[Check, ...]:
+    """Every check of a call with these budgets, as the measuring code makes them."""
+    return check_call(measured, resolve(marker, file_limits, CallSettings()), baseline)
 
 
 def test_parse_budget_reads_units() -> None:
@@ -81,6 +90,6 @@ def test_tolerance_comes_from_marker_before_file() -> None:
 
 def test_describe_has_units_reference_and_change() -> None:
     [macs] = check_baseline({"macs": 1_530_000.0}, {"macs": 1_329_000}, tolerance=0.0)
-    assert macs.describe() == "macs 1.53 M > baseline 1.33 M (+15.1%)"
+    assert describe(macs) == "macs 1.53 M > baseline 1.33 M (+15.1%)"
     [size] = check({"size": 3e6}, marker=Budget(limits={"size": 2**21}), file_limits=None, baseline=None)
-    assert size.describe() == "size 2.86 MiB > limit (marker) 2 MiB (+43.1%)"
+    assert describe(size) == "size 2.86 MiB > limit (marker) 2 MiB (+43.1%)"

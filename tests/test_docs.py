@@ -10,7 +10,7 @@ from pytest_modelbudget import budgets, plugin
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REFERENCE = (DOCS / "reference.md").read_text()
-OPTIONS = [(o.flag, o.ini) for o in plugin._OPTIONS] + [("--update-budgets", None)]
+OPTIONS = [(flag, ini) for flag, ini, _, _ in plugin._OPTIONS] + [("--update-budgets", None)]
 
 
 @pytest.mark.parametrize(("flag", "ini"), OPTIONS, ids=[flag for flag, _ in OPTIONS])

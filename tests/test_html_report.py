@@ -12,12 +12,18 @@ from typing import ClassVar
 
 import pytest
 
-from pytest_modelbudget.budgets import Check
+from pytest_modelbudget.budgets import Source
+from pytest_modelbudget.checks import Check, Status, call_verdict
 from pytest_modelbudget.html_report import MODULES_SHOWN, render
 from pytest_modelbudget.results import CallResult
+from pytest_modelbudget.timing import TimingStats
 
 EVIL = "tests/test_x.py::test_evil[<script>alert(1)</script>]"
 ENVIRONMENT = {"plugin": "0.1.0", "torch": "2.14.1", "python": "3.11.2", "cpu": "Some CPU <fast>"}
+
+
+def check(metric: str, measured: float, reference: float, source: str, status: str, *rest: object) -> Check:
+    return Check(metric, measured, reference, Source(source), Status(status), *rest)  # type: ignore[arg-type]
 
 
 def call(nodeid: str, checks: tuple[Check, ...], *, modules: int = 4, **fields: object) -> CallResult:
@@ -34,18 +40,23 @@ def call(nodeid: str, checks: tuple[Check, ...], *, modules: int = 4, **fields: 
         "has_baseline": True,
         **fields,
     }
+    if isinstance(values.get("timing"), dict):
+        values["timing"] = TimingStats.from_dict(values["timing"])  # type: ignore[arg-type]
+    values["verdict"] = call_verdict(
+        checks, has_baseline=bool(values["has_baseline"]), updating=bool(values.get("updating"))
+    )
     return CallResult(**values)  # type: ignore[arg-type]
 
 
 def sample_results() -> list[CallResult]:
     return [
-        call("tests/test_a.py::test_half", (Check("macs", 5000, 10_000, "marker", "ok"),)),
+        call("tests/test_a.py::test_half", (check("macs", 5000, 10_000, "marker", "ok"),)),
         call(
             "tests/test_b.py::test_grew",
             (
-                Check("macs", 30_000, 15_000, "baseline", "over", 0.02),
-                Check("params", 500, 450, "baseline", "over"),
-                Check("size", 2000, 4000, "budgets.yaml limits", "ok"),
+                check("macs", 30_000, 15_000, "baseline", "over", 0.02),
+                check("params", 500, 450, "baseline", "over"),
+                check("size", 2000, 4000, "budgets.yaml limits", "ok"),
             ),
             modules=20,
             baseline_modules={"layer19": {"macs": 10_000, "params": 10}},
@@ -53,9 +64,9 @@ def sample_results() -> list[CallResult]:
         call(
             "tests/test_c.py::test_timed",
             (
-                Check("macs", 9000, 10_000, "marker", "ok"),
-                Check("latency_ms", 12.5, 12.0, "baseline", "inconclusive", 0.1, "the machine was slow"),
-                Check("throughput", 80.0, 100.0, "marker", "over"),
+                check("macs", 9000, 10_000, "marker", "ok"),
+                check("latency_ms", 12.5, 12.0, "baseline", "inconclusive", 0.1, "the machine was slow"),
+                check("throughput", 80.0, 100.0, "marker", "over"),
             ),
             name="batch8",
             timing={
@@ -73,15 +84,18 @@ def sample_results() -> list[CallResult]:
             },
             uncounted={"aten._fft_r2c": 2},
         ),
-        call(EVIL, (Check("params", 110, 100, "marker", "over"),), modules=1),
+        call(EVIL, (check("params", 110, 100, "marker", "over"),), modules=1),
         call("tests/test_d.py::test_unchecked", (), has_baseline=False, modules=0),
     ]
 
 
 @pytest.fixture(scope="module")
 def page() -> str:
-    dicts = [r.to_dict() for r in sample_results()]
-    return render(json.loads(json.dumps(dicts)), title="Model budgets <run>", environment=ENVIRONMENT)
+    # Through JSON and back, as results travel from xdist workers.
+    dicts = json.loads(json.dumps([r.to_dict() for r in sample_results()]))
+    return render(
+        [CallResult.from_dict(d) for d in dicts], title="Model budgets <run>", environment=ENVIRONMENT
+    )
 
 
 def sections(page: str) -> dict[str, str]:
@@ -114,8 +128,7 @@ def test_the_page_is_well_formed_and_deterministic(page: str) -> None:
     parser = _Balance()
     parser.feed(page)
     assert parser.errors == [] and parser.stack == []
-    dicts = [r.to_dict() for r in sample_results()]
-    assert render(dicts, title="Model budgets <run>", environment=ENVIRONMENT) == page
+    assert render(sample_results(), title="Model budgets <run>", environment=ENVIRONMENT) == page
 
 
 def test_no_external_resources(page: str) -> None:
@@ -192,8 +205,8 @@ def test_summary_notes_and_timing(page: str) -> None:
 
 
 def test_an_updating_run_shows_accepted_growth_as_updated() -> None:
-    result = call("tests/test_u.py::test_u", (Check("macs", 2000, 1000, "baseline", "over"),), updating=True)
-    page = render([result.to_dict()], title="t", environment={})
+    result = call("tests/test_u.py::test_u", (check("macs", 2000, 1000, "baseline", "over"),), updating=True)
+    page = render([result], title="t", environment={})
     assert 'class="check s-updated"' in page
     assert '<span class="chip v-updated">1 updated</span>' in page
 

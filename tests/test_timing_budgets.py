@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-import pytest_modelbudget.devices as devices
+import pytest_modelbudget.probes as probes
 import pytest_modelbudget.timing as timing
 
 
@@ -45,7 +45,7 @@ def fake_block_timer(monkeypatch):
     monkeypatch.setattr(timing, "wall_clock", lambda: now[0])
     # The machine-speed probes are faked too: FAKE_MACHINE=1.3 is a machine 30% slower.
     speed = float(os.environ.get("FAKE_MACHINE", "1"))
-    monkeypatch.setattr(devices, "measure_probes", lambda: {"matmul": speed, "copy": speed, "python": speed})
+    monkeypatch.setattr(probes, "measure_probes", lambda: {"matmul": speed, "copy": speed, "python": speed})
 
     class FakeSpeedProbe:  # the probe before each block: 0.2 ms on a machine of FAKE_MACHINE=1
         def __call__(self):
@@ -54,7 +54,7 @@ def fake_block_timer(monkeypatch):
         def medians_ms(self):
             return {"matmul": speed * 0.2}
 
-    monkeypatch.setattr(devices, "SpeedProbe", FakeSpeedProbe)
+    monkeypatch.setattr(probes, "SpeedProbe", FakeSpeedProbe)
 """
 
 LATENCY_TESTS = """

@@ -9,21 +9,17 @@ from dataclasses import replace
 
 import pytest
 
-from pytest_modelbudget.devices import machine_slowdown
+from pytest_modelbudget.cuda_memory import max_batch, search_max_batch
 from pytest_modelbudget.errors import MeasurementError
-from pytest_modelbudget.timing import (
+from pytest_modelbudget.probes import machine_slowdown
+from pytest_modelbudget.timing import TimingSettings, TimingStats, run_rounds, summarize
+from pytest_modelbudget.timing_verdicts import (
     RECORD_MEASUREMENTS,
     LatencyBaseline,
-    TimingSettings,
-    TimingStats,
     judge,
     judge_limit,
-    max_batch,
     measure_and_judge,
     recorded,
-    run_rounds,
-    search_max_batch,
-    summarize,
 )
 
 
@@ -169,7 +165,7 @@ def test_remeasures_only_while_something_looks_slow_then_probes() -> None:
         probed.append(1)
         return {"matmul": 1.3, "copy": 1.25}
 
-    measurements, verdicts, slowdown = measure_and_judge(
+    judged = measure_and_judge(
         lambda: stats(next(medians), 0.01),
         limits_ms=[],
         baseline=BASE,
@@ -177,10 +173,11 @@ def test_remeasures_only_while_something_looks_slow_then_probes() -> None:
         stat="median",
         probe=probe,
     )
-    assert len(measurements) == 3  # one, then two re-measurements
+    assert len(judged.measurements) == 3  # one, then two re-measurements
     assert probed == [1]
-    assert slowdown == pytest.approx(1.275)
-    assert [v.status for v in verdicts] == ["inconclusive"]
+    assert judged.slowdown == pytest.approx(1.275)
+    assert judged.limits == () and judged.baseline is not None
+    assert judged.baseline.status == "inconclusive"
 
 
 def test_a_fine_measurement_is_taken_once() -> None:
@@ -190,11 +187,12 @@ def test_a_fine_measurement_is_taken_once() -> None:
         calls.append(1)
         return stats(10.0)
 
-    _, verdicts, slowdown = measure_and_judge(
+    judged = measure_and_judge(
         measure, limits_ms=[50.0], baseline=BASE, tolerance=0.1, stat="median", probe=lambda: {}
     )
-    assert calls == [1] and slowdown is None
-    assert [v.status for v in verdicts] == ["ok", "ok"]
+    assert calls == [1] and judged.slowdown is None
+    assert judged.baseline is not None
+    assert [v.status for v in (*judged.limits, judged.baseline)] == ["ok", "ok"]
 
 
 def test_machine_slowdown_is_the_median_ratio() -> None:
@@ -322,7 +320,7 @@ def test_baselines_without_a_ratio_are_judged_by_the_latency() -> None:
 
 def test_recording_takes_several_measurements() -> None:
     taken = iter([run(10.0, 52.0), run(9.0, 50.0), run(11.0, 49.0)])
-    measurements, verdicts, _ = measure_and_judge(
+    judged = measure_and_judge(
         lambda: next(taken),
         limits_ms=[],
         baseline=None,
@@ -331,8 +329,8 @@ def test_recording_takes_several_measurements() -> None:
         probe=dict,
         at_least=RECORD_MEASUREMENTS,
     )
-    assert len(measurements) == 3 and verdicts == []
-    kept = recorded(measurements)
+    assert len(judged.measurements) == 3 and judged.limits == () and judged.baseline is None
+    kept = recorded(judged.measurements)
     assert (kept.median_ms, kept.relative) == (10.0, 50.0)  # the typical latency, the median ratio
     assert recorded([run(9.0, 50.0), run(9.5, 40.0), run(8.0, 60.0)]).relative == 50.0
     # Without a ratio (CUDA) the latency decides: the fastest measurement is kept.
@@ -346,11 +344,11 @@ def test_no_late_probes_when_the_measurements_carried_a_ratio() -> None:
         probed.append(1)
         return {"matmul": 0.4}
 
-    _, verdicts, slowdown = measure_and_judge(
+    judged = measure_and_judge(
         lambda: run(12.5, 62.5), limits_ms=[], baseline=OWN, tolerance=0.1, stat="median", probe=probe
     )
-    assert [v.status for v in verdicts] == ["over"]
-    assert probed == [] and slowdown is None
+    assert judged.baseline is not None and judged.baseline.status == "over"
+    assert probed == [] and judged.slowdown is None
 
 
 def test_a_baseline_round_trips_through_its_stored_form() -> None:
@@ -364,6 +362,7 @@ def test_a_baseline_round_trips_through_its_stored_form() -> None:
         "probes": {"matmul": 0.2},
     }
     assert LatencyBaseline.from_stored(stored) == OWN
+    assert OWN.to_stored() == stored  # and back: the keys that hold a value, nothing else
     assert LatencyBaseline.from_stored({"peak_memory": 1024}) is None
 
 

@@ -1,0 +1,161 @@
+"""The ``model_budget`` fixture: measure a model inside a test, fail it when a budget breaks.
+
+Imported when a test first asks for the fixture. Measuring is :func:`~.measure.measure_call`'s
+job and wording it the report layer's; this module turns the typed result into a pass, a
+failure (with plugin frames hidden) or a warning, and shares it with JUnit XML and
+pytest-benchmark.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import report
+from .baselines import NAME_SEPARATOR, entry_key
+from .budgets import Budget
+from .errors import MeasurementError
+from .measure import measure_call
+from .plugin import BUDGET_KEY, CALLS_KEY, SESSION_KEY, ModelBudgetWarning
+from .results import CallResult, Measurement
+
+
+class ModelBudget:
+    """The ``model_budget`` fixture: ``model_budget(model, *inputs, **forward_kwargs)``.
+
+    With ``--model-budget``: counts one forward pass, checks it against the marker's
+    limits, the file's limits and the baseline, fails the test with a clear message when
+    a budget is broken, and returns a :class:`Measurement`. Without it: runs one plain
+    forward pass (so the test still exercises the model) and returns None.
+    """
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self._session = item.config.stash.get(SESSION_KEY, None)
+
+    def __call__(self, model: Any, *args: Any, name: str | None = None, **kwargs: Any) -> Measurement | None:
+        """Measure ``model(*args, **kwargs)``; ``name`` tells apart several calls in one test."""
+        __tracebackhide__ = True
+        return self.measure(model, args, kwargs, name=name)
+
+    def measure(
+        self,
+        model: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+    ) -> Measurement | None:
+        """Explicit form, for a forward that itself takes a keyword called ``name``."""
+        __tracebackhide__ = True
+        kwargs = dict(kwargs or {})
+        key = self._register_call(name)
+        if not callable(model):
+            raise pytest.fail.Exception(
+                f"model_budget expects a torch.nn.Module as first argument, got {type(model).__name__}",
+                pytrace=False,
+            )
+        if not args and not kwargs:
+            raise pytest.fail.Exception(
+                "model_budget needs the forward's inputs: model_budget(model, torch.randn(1, 3, 224, 224))",
+                pytrace=False,
+            )
+        if self._session is None:
+            model(*args, **kwargs)
+            return None
+        return self._measure(model, args, kwargs, name, key)
+
+    def _register_call(self, name: str | None) -> str:
+        __tracebackhide__ = True
+        if name is not None and (not isinstance(name, str) or not name or NAME_SEPARATOR in name):
+            raise pytest.fail.Exception(
+                f"model_budget name={name!r}: a name is a non-empty string without {NAME_SEPARATOR!r}",
+                pytrace=False,
+            )
+        key = entry_key(self._item.nodeid, name)
+        calls = self._item.stash.setdefault(CALLS_KEY, [])
+        if key in calls:
+            hint = "give each call its own name=" if name is None else f"name={name!r} is already used"
+            raise pytest.fail.Exception(
+                f"model_budget was called twice for the same budget entry in {self._item.nodeid}: {hint}",
+                pytrace=False,
+            )
+        calls.append(key)
+        return key
+
+    def _measure(
+        self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None, key: str
+    ) -> Measurement:
+        __tracebackhide__ = True
+        session = self._session
+        assert session is not None
+        try:
+            result, measurement = measure_call(
+                model,
+                args,
+                kwargs,
+                nodeid=self._item.nodeid,
+                name=name,
+                marker=self._item.stash.get(BUDGET_KEY, Budget(limits={})),
+                entry=session.entries.get(key),
+                settings=session.call_settings,
+                progress=self._progress(),
+            )
+        except MeasurementError as error:
+            raise pytest.fail.Exception(f"model_budget: {error}", pytrace=False) from None
+        except Exception as error:  # the model's own error, shown as such
+            raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
+        session.results.append(result)
+        self._item.user_properties.extend(report.junit_properties(result))
+        self._share_with_pytest_benchmark(result)
+        for message in report.warning_messages(result):
+            warnings.warn(ModelBudgetWarning(message), stacklevel=3)
+        if result.failed:
+            raise pytest.fail.Exception(
+                "\n".join(report.failure_lines(result, session.display_path)), pytrace=False
+            )
+        return measurement
+
+    def _share_with_pytest_benchmark(self, result: CallResult) -> None:
+        """A test that also uses pytest-benchmark gets the metrics in its extra_info."""
+        benchmark = getattr(self._item, "funcargs", {}).get("benchmark")
+        extra_info = getattr(benchmark, "extra_info", None)
+        if isinstance(extra_info, dict):
+            extra_info[f"model_budget:{result.key}" if result.name else "model_budget"] = {
+                **result.metrics,
+                "verdict": result.verdict.value,
+            }
+
+    def _progress(self) -> Callable[[str], None] | None:
+        """With -v, long measurements say what they are doing."""
+        config = self._item.config
+        if config.get_verbosity() < 1:
+            return None
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return None
+        nodeid = self._item.nodeid
+
+        def say(message: str) -> None:
+            reporter.write_line(f"  [model_budget] {nodeid}: {message}")
+
+        return say
+
+
+def _forward_error(error: BaseException, key: str) -> str:
+    """The model's exception as one message, pointing at the user's code, not ours."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = str(Path(__file__).parent)
+    torch_dir = str(Path(sys.modules["torch"].__file__ or "").parent) if "torch" in sys.modules else "\0"
+    user = [f for f in frames if not f.filename.startswith((ours, torch_dir))]
+    where = f"\n  at {user[-1].filename}:{user[-1].lineno} in {user[-1].name}" if user else ""
+    return (
+        f"model_budget: the model's forward raised {type(error).__name__}: {error}{where}\n"
+        f"  (while measuring {key}; the model was left as it was)"
+    )

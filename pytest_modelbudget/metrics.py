@@ -1,0 +1,182 @@
+"""The metric table: every quantity a budget can limit, and how to parse, read, compare and format it.
+
+This is the one place a metric is defined. A row says
+
+* how users write its limit (``keyword`` and ``unit``: the parser and the formatter),
+* where its value comes from in a measured call (``read`` from :class:`Readings`),
+* how a limit is compared (``higher_is_better`` for minimums such as throughput),
+* whether ``budgets.yaml`` keeps it as a ratcheted baseline, and whether it needs timing.
+
+Everything else follows from the row: the marker keyword and its validation, the
+``limits:`` keys of budgets.yaml, the ratcheted keys of an entry, the checks, the
+summary, JSON, Markdown, HTML and JUnit outputs. No torch here, and no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .units import (
+    format_bytes,
+    format_count,
+    format_duration,
+    format_rate,
+    parse_bytes,
+    parse_count,
+    parse_duration_ms,
+    parse_rate,
+)
+
+if TYPE_CHECKING:
+    from .counting import Counts
+    from .timing import TimingStats
+
+_PARSERS: dict[str, Callable[[object], float]] = {
+    "count": parse_count,
+    "bytes": parse_bytes,
+    "ms": parse_duration_ms,
+    "rate": parse_rate,
+}
+_FORMATTERS: dict[str, Callable[[float], str]] = {
+    "count": format_count,
+    "bytes": format_bytes,
+    "ms": format_duration,
+    "rate": format_rate,
+}
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What the measuring core produced for one call; each metric reads its value from here."""
+
+    counts: Counts
+    timing: TimingStats | None = None  # when the call was timed
+    roofline_ms: float | None = None  # when a hardware spec was given
+    cuda_memory: int | None = None  # CUDA allocator peak of one forward, when measured there
+    on_cuda: bool = False
+    max_batch: int | None = None  # when min_max_batch asked for the search
+
+
+def _memory(readings: Readings) -> float | None:
+    # On CUDA the allocator's peak (when measured); elsewhere the dispatch-trace estimate.
+    return readings.cuda_memory if readings.on_cuda else readings.counts.peak_memory
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured quantity that a budget can limit."""
+
+    name: str
+    keyword: str
+    unit: str  # "count", "bytes", "ms" or "rate"
+    description: str
+    read: Callable[[Readings], float | None]  # None: not measured in this call
+    ratcheted: bool = False  # kept as a baseline in budgets.yaml and never allowed to grow
+    timed: bool = False  # needs the model to be timed, not only counted
+    higher_is_better: bool = False  # the limit is a minimum (throughput), not a maximum
+
+    def parse(self, value: object) -> float:
+        return _PARSERS[self.unit](value)
+
+    def format(self, value: float) -> str:
+        return _FORMATTERS[self.unit](value)
+
+    def exceeds(self, measured: float, limit: float) -> bool:
+        return measured < limit if self.higher_is_better else measured > limit
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "macs",
+        "max_macs",
+        "count",
+        "multiply-accumulates of one forward pass",
+        read=lambda r: r.counts.macs,
+        ratcheted=True,
+    ),
+    Metric(
+        "flops", "max_flops", "count", "floating-point operations, 2 x MACs", read=lambda r: r.counts.flops
+    ),
+    Metric(
+        "params",
+        "max_params",
+        "count",
+        "parameters, shared tensors counted once",
+        read=lambda r: r.counts.params,
+        ratcheted=True,
+    ),
+    Metric(
+        "size",
+        "max_size",
+        "bytes",
+        "bytes of parameters and buffers, by dtype",
+        read=lambda r: r.counts.size_bytes,
+        ratcheted=True,
+    ),
+    Metric(
+        "memory_traffic",
+        "max_memory_traffic",
+        "bytes",
+        "bytes read plus written by every op (no caching or fusion)",
+        read=lambda r: r.counts.memory_traffic,
+    ),
+    Metric(
+        "latency_ms",
+        "max_latency_ms",
+        "ms",
+        "latency of one forward (median, or p90 with latency_stat)",
+        read=lambda r: r.timing.median_ms if r.timing else None,
+        timed=True,
+    ),
+    Metric(
+        "throughput",
+        "min_throughput",
+        "rate",
+        "items per second (batch / latency)",
+        read=lambda r: r.timing.throughput if r.timing else None,
+        timed=True,
+        higher_is_better=True,
+    ),
+    Metric(
+        "roofline_ms",
+        "max_roofline_ms",
+        "ms",
+        "roofline estimate of latency on the given hardware (deterministic)",
+        read=lambda r: r.roofline_ms,
+    ),
+    Metric(
+        "memory",
+        "max_memory",
+        "bytes",
+        "peak memory of one forward: CUDA allocator peak, or a CPU estimate",
+        read=_memory,
+    ),
+    Metric(
+        "max_batch",
+        "min_max_batch",
+        "count",
+        "largest batch that fits in CUDA memory",
+        read=lambda r: r.max_batch,
+        timed=True,
+        higher_is_better=True,
+    ),
+)
+METRICS_BY_NAME = {m.name: m for m in METRICS}
+METRICS_BY_KEYWORD = {m.keyword: m for m in METRICS}
+RATCHETED = tuple(m.name for m in METRICS if m.ratcheted)
+
+# The order values are read in, and so the order of a call's metrics in every report:
+# what counting gives first, then what timing adds.
+_READ_ORDER = sorted(METRICS, key=lambda m: m.timed)
+
+
+def read_all(readings: Readings) -> dict[str, float]:
+    """Every metric this call measured, by name."""
+    values = {}
+    for metric in _READ_ORDER:
+        value = metric.read(readings)
+        if value is not None:
+            values[metric.name] = value
+    return values
