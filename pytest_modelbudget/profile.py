@@ -5,10 +5,12 @@ imports a factory, builds the model, counts one forward pass and describes it: a
 per module, the totals, the ops the counter has no formula for, and a
 ``@pytest.mark.model_budget(...)`` line with headroom, ready to paste into a test.
 
-Parsing, building and rendering are separate functions; :mod:`pytest_modelbudget.__main__`
-only reads the command line and writes what :func:`run` returns. Every problem a user can
-cause is a :class:`ProfileError` with a one-line message. torch is imported inside the
-functions that need it, so ``--help`` and argument errors stay fast.
+This module parses the arguments, builds the model and counts it into a
+:class:`~pytest_modelbudget.profile_result.Profile`; :mod:`pytest_modelbudget.profile_report`
+renders it, and :mod:`pytest_modelbudget.__main__` only reads the command line and writes
+what :func:`run` returns. Every problem a user can cause is a :class:`ProfileError` with a
+one-line message. torch is imported inside the functions that need it, so ``--help`` and
+argument errors stay fast.
 """
 
 from __future__ import annotations
@@ -17,22 +19,22 @@ import difflib
 import importlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .baselines import ROOT_MODULE
-from .budgets import METRICS_BY_NAME, parse_budget
 from .errors import ModelBudgetError, UnitError
-from .roofline import HardwareSpec, RooflineEstimate, estimate
-from .roofline import hardware as roofline_hardware
-from .units import format_bytes, format_count, format_duration, parse_fraction
+from .profile_report import render_lines, to_json
+from .profile_result import InputSpec, ModuleRow, Profile
+from .roofline import estimate
+from .roofline import hardware as hardware_spec
+from .units import parse_fraction
 
 if TYPE_CHECKING:
     import torch
 
     from .counting import Counts
+
+_T = TypeVar("_T")
 
 DEVICES = ("cpu", "meta", "cuda")
 DEFAULT_HEADROOM = "10%"
@@ -66,63 +68,9 @@ TARGET_FORMAT = "MODULE:FACTORY, e.g. torchvision.models:resnet50 or mypkg.model
 
 _DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
-# The metrics a suggested marker limits: the deterministic ones that budgets.yaml also
-# ratchets. Memory traffic depends on how PyTorch decomposes ops, so it is left out.
-SUGGESTED_METRICS = ("macs", "params", "size")
-
 
 class ProfileError(ModelBudgetError):
     """A profile that cannot be made; the message is shown as one line, without a traceback."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One ``--input``: the shape of a random tensor and its dtype."""
-
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    def __str__(self) -> str:
-        shape = "x".join(map(str, self.shape))
-        return shape if self.dtype == "float32" else f"{shape}:{self.dtype}"
-
-
-@dataclass(frozen=True)
-class ModuleRow:
-    """One row of the table: a module's counts, inclusive of its children."""
-
-    path: str  # "" for the model's own ops and parameters
-    kind: str  # the module's class name
-    depth: int
-    macs: int
-    params: int
-    memory_traffic: int
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Everything the command reports about one model."""
-
-    target: str
-    inputs: tuple[InputSpec, ...]
-    device: str
-    depth: int
-    headroom: float
-    counts: Counts
-    rows: tuple[ModuleRow, ...]
-    notes: tuple[str, ...] = ()
-    roofline: RooflineEstimate | None = None  # with --hardware
-
-    def roofline_ms(self, path: str) -> float:
-        """Roofline time of a module and its children ("" is the model's own ops)."""
-        assert self.roofline is not None
-        if not path:
-            return self.roofline.by_module.get("", 0.0)
-        return sum(ms for p, ms in self.roofline.by_module.items() if p == path or p.startswith(path + "."))
-
-    @property
-    def suggested(self) -> dict[str, str]:
-        return suggest_limits(self.counts, self.headroom)
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -168,11 +116,12 @@ def parse_device(text: str) -> str:
     return text
 
 
-def parse_headroom(text: str) -> float:
+def parse_option(option: str, parse: Callable[[str], _T], text: str) -> _T:
+    """``parse(text)``, with a :class:`UnitError` reported as a ``ProfileError`` naming ``option``."""
     try:
-        return parse_fraction(text)
+        return parse(text)
     except UnitError as error:
-        raise ProfileError(f"--headroom: {error}") from None
+        raise ProfileError(f"{option}: {error}") from None
 
 
 def load_factory(module_name: str, attribute: str) -> Any:
@@ -243,12 +192,6 @@ def build_model(factory: Any, target: str, device: str) -> tuple[torch.nn.Module
     return model.eval(), notes
 
 
-def model_device(model: torch.nn.Module) -> str:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return str(tensor.device)
-    return "cpu"
-
-
 def make_inputs(specs: Sequence[InputSpec], device: str) -> tuple[torch.Tensor, ...]:
     """Random float tensors, and zeros (always a valid index) for integer and bool inputs."""
     import torch
@@ -313,14 +256,15 @@ def profile_model(
         raise ProfileError(f"give the model's inputs with --input, e.g. --input 1x3x224x224 ({SHAPE_FORMAT})")
     depth = parse_depth(depth)
     device = parse_device(device)
-    room = parse_headroom(headroom)
-    spec = _hardware(hardware) if hardware else None
+    room = parse_option("--headroom", parse_fraction, headroom)
+    spec = parse_option("--hardware", hardware_spec, hardware) if hardware else None
     factory = load_factory(module_name, attribute)
 
     from .counting import count
+    from .devices import model_device
 
     model, notes = build_model(factory, target, device)
-    on = model_device(model)
+    on = str(model_device(model, ()))
     # Inputs live where the weights are; a meta model runs on meta tensors only.
     tensors = make_inputs(specs, "meta" if on == "meta" else on)
     try:
@@ -350,198 +294,6 @@ def profile_model(
     )
 
 
-def _hardware(name: str) -> HardwareSpec:
-    try:
-        return roofline_hardware(name)
-    except UnitError as error:
-        raise ProfileError(f"--hardware: {error}") from None
-
-
-def round_up_si(value: float, unit: str) -> str:
-    """``value`` rounded *up* to 3 significant digits, with an SI suffix (or byte unit).
-
-    Counts: ``4498102681.6`` -> ``"4.5G"``; bytes: ``112450940.8`` -> ``"113 MB"``. The
-    result parses back (with the metric's own parser) to a number >= ``value``.
-    """
-    if unit == "bytes":
-        steps: tuple[tuple[str, int], ...] = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3))
-        plain, separator = "B", " "
-    else:
-        steps = (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3))
-        plain, separator = "", ""
-    target = Decimal(value)
-    scale, suffix = 1, plain
-    for name, size in steps:
-        if target >= size:
-            scale, suffix = size, name
-            break
-    mantissa = target / scale
-    quantum = Decimal(1).scaleb(mantissa.adjusted() - 2) if mantissa > 0 else Decimal(1)
-    if scale == 1:
-        quantum = max(quantum, Decimal(1))  # no fractional counts or bytes
-    rounded = (mantissa / quantum).to_integral_value(rounding=ROUND_CEILING) * quantum
-    parse = METRICS_BY_NAME["size" if unit == "bytes" else "macs"].parse
-    while True:
-        if rounded >= 1000 and scale < steps[0][1]:  # 999.5k -> 1M
-            bigger = [(n, s) for n, s in steps if s == scale * 1000]
-            suffix, scale = bigger[0]
-            rounded = (rounded / 1000).to_integral_value(rounding=ROUND_CEILING)
-        number = format(rounded.normalize(), "f")
-        text = f"{number}{separator}{suffix}" if suffix else number
-        # Decimal is exact, but the parser multiplies floats: never suggest less than asked.
-        if parse(text) >= value:
-            return text
-        rounded += quantum
-
-
-def suggest_limits(counts: Counts, headroom: float) -> dict[str, str]:
-    """Marker keyword -> limit with ``headroom`` above the measured value (zero values skipped)."""
-    measured = {"macs": counts.macs, "params": counts.params, "size": counts.size_bytes}
-    limits = {}
-    for name in SUGGESTED_METRICS:
-        if measured[name] > 0:
-            metric = METRICS_BY_NAME[name]
-            limits[metric.keyword] = round_up_si(measured[name] * (1.0 + headroom), metric.unit)
-    parse_budget(limits)  # the line must be valid for the plugin, whatever the numbers
-    return limits
-
-
-def marker_line(limits: Mapping[str, str]) -> str:
-    arguments = ", ".join(f'{keyword}="{value}"' for keyword, value in limits.items())
-    return f"@pytest.mark.model_budget({arguments})"
-
-
-def render_lines(profile: Profile) -> Iterator[str]:
-    """The human-readable profile: header, module table, totals, uncounted ops, marker."""
-    counts = profile.counts
-    inputs = ", ".join(str(spec) for spec in profile.inputs)
-    yield f"{profile.target}, inputs {inputs}, eval mode, counted on {counts.executed_on}"
-    for note in profile.notes:
-        yield f"note: {note}"
-    yield ""
-    roofline = profile.roofline
-    headers = (
-        "module",
-        "type",
-        "params",
-        "MACs",
-        "% MACs",
-        "memory traffic",
-        *(("roofline",) if roofline else ()),
-    )
-    rows = [
-        (
-            "  " * max(row.depth - 1, 0) + (row.path or ROOT_MODULE),
-            row.kind,
-            format_count(row.params),
-            format_count(row.macs),
-            _share(row.macs, counts.macs),
-            format_bytes(row.memory_traffic),
-            *((format_duration(profile.roofline_ms(row.path)),) if roofline else ()),
-        )
-        for row in profile.rows
-    ]
-    total = (
-        "total",
-        "",
-        format_count(counts.params),
-        format_count(counts.macs),
-        _share(counts.macs, counts.macs),
-        format_bytes(counts.memory_traffic),
-        *((format_duration(roofline.total_ms),) if roofline else ()),
-    )
-    yield from _table(headers, rows, total, right_aligned=(2, 3, 4, 5, 6) if roofline else (2, 3, 4, 5))
-    yield ""
-    size_detail = ", ".join(f"{dtype} {format_bytes(n)}" for dtype, n in counts.size_by_dtype.items())
-    totals = [
-        ("MACs", f"{format_count(counts.macs)} ({counts.macs:,})"),
-        ("FLOPs", f"{format_count(counts.flops)} ({counts.flops:,})"),
-        ("params", f"{format_count(counts.params)} ({counts.params:,})"),
-        ("trainable", f"{format_count(counts.trainable_params)} ({counts.trainable_params:,})"),
-        ("size", f"{format_bytes(counts.size_bytes)} ({counts.size_bytes:,} bytes" + _paren(size_detail)),
-        ("memory traffic", f"{format_bytes(counts.memory_traffic)} ({counts.memory_traffic:,} bytes)"),
-        ("arithmetic intensity", f"{counts.arithmetic_intensity:.1f} FLOPs/byte"),
-    ]
-    if roofline:
-        bound = ", ".join(f"{op} x{n}" for op, n in list(roofline.memory_bound_ops.items())[:5]) or "none"
-        totals += [
-            (f"roofline on {roofline.hardware}", format_duration(roofline.total_ms)),
-            ("memory-bound", f"{roofline.memory_bound_share:.0%} of that time; ops: {bound}"),
-        ]
-    width = max(len(name) for name, _ in totals)
-    yield "totals"
-    for name, value in totals:
-        yield f"  {name:<{width}}  {value}"
-    yield ""
-    if counts.uncounted:
-        ops = ", ".join(f"{op} x{n}" for op, n in counts.uncounted.items())
-        yield f"uncounted ops (arithmetic with no MAC formula, not in the MACs above): {ops}"
-    else:
-        yield "uncounted ops: none"
-    yield ""
-    limits = profile.suggested
-    if limits:
-        yield f"suggested budget ({profile.headroom:.0%} headroom):"
-        yield marker_line(limits)
-    else:
-        yield "suggested budget: none (the model has no MACs, params or size to limit)"
-
-
-def to_json(profile: Profile) -> dict[str, Any]:
-    """The profile as a JSON-able object (``--json``)."""
-    counts = profile.counts
-    limits = profile.suggested
-    return {
-        "target": profile.target,
-        "inputs": [{"shape": list(spec.shape), "dtype": spec.dtype} for spec in profile.inputs],
-        "device": profile.device,
-        "executed_on": counts.executed_on,
-        "convention": counts.convention,
-        "depth": profile.depth,
-        "totals": {
-            "macs": counts.macs,
-            "flops": counts.flops,
-            "params": counts.params,
-            "trainable_params": counts.trainable_params,
-            "buffers": counts.buffers,
-            "size_bytes": counts.size_bytes,
-            "size_by_dtype": dict(counts.size_by_dtype),
-            "memory_traffic": counts.memory_traffic,
-            "arithmetic_intensity": counts.arithmetic_intensity,
-        },
-        "modules": [
-            {
-                "path": row.path or ROOT_MODULE,
-                "type": row.kind,
-                "depth": row.depth,
-                "params": row.params,
-                "macs": row.macs,
-                "macs_share": row.macs / counts.macs if counts.macs else 0.0,
-                "memory_traffic": row.memory_traffic,
-            }
-            for row in profile.rows
-        ],
-        "uncounted": dict(counts.uncounted),
-        "notes": list(profile.notes),
-        "headroom": profile.headroom,
-        "suggested_budget": limits,
-        "marker": marker_line(limits) if limits else None,
-        "roofline": (
-            {
-                "hardware": profile.roofline.hardware,
-                "total_ms": profile.roofline.total_ms,
-                "memory_bound_ms": profile.roofline.memory_bound_ms,
-                "memory_bound_ops": dict(profile.roofline.memory_bound_ops),
-                "by_module_ms": {
-                    row.path or ROOT_MODULE: profile.roofline_ms(row.path) for row in profile.rows
-                },
-            }
-            if profile.roofline
-            else None
-        ),
-    }
-
-
 def run(
     target: str,
     inputs: Sequence[str],
@@ -559,40 +311,9 @@ def run(
     return list(render_lines(profile))
 
 
-def _share(part: int, whole: int) -> str:
-    return f"{part / whole:.1%}" if whole else "-"
-
-
-def _paren(detail: str) -> str:
-    return f": {detail})" if detail else ")"
-
-
 def _one_line(error: BaseException) -> str:
     """``TypeError: message`` with the message folded onto one line."""
     message = " ".join(str(error).split())
     if len(message) > 400:
         message = message[:397] + "..."
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
-def _table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    total: Sequence[str],
-    *,
-    right_aligned: Sequence[int],
-) -> Iterator[str]:
-    widths = [max(len(r[i]) for r in (headers, *rows, total)) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(width) if i in right_aligned else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    yield line(headers)
-    yield "  ".join("-" * width for width in widths)
-    for row in rows:
-        yield line(row)
-    yield "  ".join("-" * width for width in widths)
-    yield line(total)

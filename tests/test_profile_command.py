@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_modelbudget import __main__ as cli
-from pytest_modelbudget import profile
+from pytest_modelbudget import profile, profile_result
 from pytest_modelbudget.budgets import METRICS_BY_NAME, parse_budget
 
 RESNET50_MACS = 4_089_184_256
@@ -341,14 +341,14 @@ def test_help_lists_the_profile_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("1x3x224x224", profile.InputSpec((1, 3, 224, 224))),
-        ("1X128:int64", profile.InputSpec((1, 128), "int64")),
-        ("4:long", profile.InputSpec((4,), "int64")),
-        (" 2x3:BF16 ", profile.InputSpec((2, 3), "bfloat16")),
-        ("2,3:half", profile.InputSpec((2, 3), "float16")),
+        ("1x3x224x224", profile_result.InputSpec((1, 3, 224, 224))),
+        ("1X128:int64", profile_result.InputSpec((1, 128), "int64")),
+        ("4:long", profile_result.InputSpec((4,), "int64")),
+        (" 2x3:BF16 ", profile_result.InputSpec((2, 3), "bfloat16")),
+        ("2,3:half", profile_result.InputSpec((2, 3), "float16")),
     ],
 )
-def test_parse_input(text: str, expected: profile.InputSpec) -> None:
+def test_parse_input(text: str, expected: profile_result.InputSpec) -> None:
     assert profile.parse_input(text) == expected
 
 
@@ -370,7 +370,7 @@ def test_parse_input(text: str, expected: profile.InputSpec) -> None:
     ],
 )
 def test_round_up_si(value: float, unit: str, expected: str) -> None:
-    assert profile.round_up_si(value, unit) == expected
+    assert profile_result.round_up_si(value, unit) == expected
 
 
 def test_rounded_limits_always_parse_back_to_at_least_the_value() -> None:
@@ -379,7 +379,7 @@ def test_rounded_limits_always_parse_back_to_at_least_the_value() -> None:
     values += [float(n * 10**e) for n in range(100, 1000) for e in (0, 3, 6, 9)]  # exact 3-digit values
     for value in values:
         for unit, metric in (("count", "macs"), ("bytes", "size")):
-            text = profile.round_up_si(value, unit)
+            text = profile_result.round_up_si(value, unit)
             parsed = METRICS_BY_NAME[metric].parse(text)
             assert value <= parsed <= max(value * 1.01, value + 1), (value, text)
 
