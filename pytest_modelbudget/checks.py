@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .budgets import CallBudget, Limit, Source
 from .metrics import METRICS_BY_NAME, RATCHETED
 from .units import format_change
-
-if TYPE_CHECKING:
-    from .timing_verdicts import TimingVerdict
 
 
 class Status(str, Enum):
@@ -48,6 +45,19 @@ class StrictRule(str, Enum):
     NO_BASELINE = "no-baseline"
     UNCOUNTED_OPS = "uncounted-ops"
     INCONCLUSIVE_TIMING = "inconclusive-timing"
+
+
+class TimedVerdict(Protocol):
+    """What a timing verdict (:class:`~.timing_verdicts.TimingVerdict`) tells a check."""
+
+    @property
+    def status(self) -> Status: ...
+    @property
+    def measured_ms(self) -> float: ...
+    @property
+    def reference_ms(self) -> float: ...
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ def check_baseline(
     return checks
 
 
-def _timed_check(limit: Limit, verdict: TimingVerdict, measured: Mapping[str, float]) -> Check:
+def _timed_check(limit: Limit, verdict: TimedVerdict, measured: Mapping[str, float]) -> Check:
     # A latency limit reports the judged statistic; a throughput limit the items per second.
     value = verdict.measured_ms if limit.metric == "latency_ms" else measured[limit.metric]
     return Check(limit.metric, value, limit.value, limit.source, verdict.status, note=verdict.reason)
@@ -142,8 +152,8 @@ def check_call(
     budget: CallBudget,
     baseline: Mapping[str, float] | None,
     *,
-    timed_limits: Mapping[Limit, TimingVerdict] | None = None,
-    latency_baseline: TimingVerdict | None = None,
+    timed_limits: Mapping[Limit, TimedVerdict] | None = None,
+    latency_baseline: TimedVerdict | None = None,
 ) -> tuple[Check, ...]:
     """Every check of one call: its limits (marker, then file), then its baselines.
 

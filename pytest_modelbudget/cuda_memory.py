@@ -15,8 +15,6 @@ from .errors import MeasurementError
 if TYPE_CHECKING:
     import torch
 
-    from .timing import TimingSettings
-
 
 def forward_peak_memory(forward: Callable[[], object], device: torch.device) -> int:
     """Allocator peak of one ``forward()`` above the level before it, after a first call."""
@@ -73,29 +71,29 @@ def search_max_batch(fits: Callable[[int], bool], *, start: int = 1, limit: int 
 
 
 def max_batch(
-    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], settings: TimingSettings, *, limit: int
+    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, device: str | None, limit: int
 ) -> int:
     """Largest batch of the inputs' first row that fits one forward on the CUDA device.
 
-    Every tensor input is rebuilt with its leading dimension set to the batch. Out of
-    memory is caught and the memory released after each try.
+    ``device`` names the device (default: the model's). Every tensor input is rebuilt with
+    its leading dimension set to the batch. Out of memory is caught and the memory released
+    after each try.
     """
     import torch
     from torch.utils._pytree import tree_map_only
 
-    from .devices import exclusive_use, placement
+    from .devices import exclusive_use, target_device
 
-    where = placement(model, args, settings)
-    device = where.device
-    if device.type != "cuda" or not torch.cuda.is_available():
+    where = target_device(model, args, device)
+    if where.type != "cuda" or not torch.cuda.is_available():
         raise MeasurementError(
-            f"min_max_batch needs a CUDA device, but the model runs on {device}: searching "
+            f"min_max_batch needs a CUDA device, but the model runs on {where}: searching "
             "CPU memory for out-of-memory would endanger the test process itself"
         )
 
     def fits(batch: int) -> bool:
         def resized(tensor: torch.Tensor) -> torch.Tensor:
-            row = tensor[:1].to(device)
+            row = tensor[:1].to(where)
             return row.expand(batch, *row.shape[1:]).contiguous()
 
         try:
@@ -103,12 +101,12 @@ def max_batch(
                 *tree_map_only(torch.Tensor, resized, args),
                 **tree_map_only(torch.Tensor, resized, dict(kwargs)),
             )
-            torch.cuda.synchronize(device)
+            torch.cuda.synchronize(where)
             return True
         except torch.OutOfMemoryError:
             return False
         finally:
             torch.cuda.empty_cache()
 
-    with exclusive_use(model, device):
+    with exclusive_use(model, where):
         return search_max_batch(fits, limit=limit)

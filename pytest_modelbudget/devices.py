@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported only where it is used: the report needs cpu_model() alone
     import torch
 
-    from .timing import TimingSettings
-
 
 @cache
 def cpu_model() -> str:
@@ -96,28 +94,30 @@ class Placement:
     fingerprint: str
 
 
-def target_device(model: Any, args: Sequence[Any], settings: TimingSettings) -> torch.device:
-    """Where the call runs when timed: the device named in ``settings``, else the model's."""
+def target_device(model: Any, args: Sequence[Any], device: str | None) -> torch.device:
+    """Where the call runs when timed: ``device`` when named, else the model's device."""
     import torch
 
-    return torch.device(settings.device) if settings.device else model_device(model, args)
+    return torch.device(device) if device else model_device(model, args)
 
 
-def placement(model: Any, args: Sequence[Any], settings: TimingSettings) -> Placement:
-    """The device (named in ``settings``, else the model's), thread count and fingerprint."""
+def placement(
+    model: Any, args: Sequence[Any], *, device: str | None, threads: int, cuda_graph: bool
+) -> Placement:
+    """The device (``device``, else the model's), thread count and fingerprint of a timed call."""
     import torch
 
     from .errors import MeasurementError
 
-    device = target_device(model, args, settings)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MeasurementError(f"cannot time on {device}: CUDA is not available on this machine")
-    threads = settings.threads if device.type == "cpu" else None
-    mode = "cuda-graph" if settings.cuda_graph else "eager"
+    where = target_device(model, args, device)
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise MeasurementError(f"cannot time on {where}: CUDA is not available on this machine")
+    cpu_threads = threads if where.type == "cpu" else None
+    mode = "cuda-graph" if cuda_graph else "eager"
     key = fingerprint(
-        device, threads=threads or torch.get_num_threads(), dtype=_dtype_of(model, args), mode=mode
+        where, threads=cpu_threads or torch.get_num_threads(), dtype=_dtype_of(model, args), mode=mode
     )
-    return Placement(device, threads, key)
+    return Placement(where, cpu_threads, key)
 
 
 def _lock_path(device: torch.device) -> Path:

@@ -22,8 +22,9 @@ from .baselines import NAME_SEPARATOR, entry_key
 from .budgets import Budget
 from .errors import MeasurementError
 from .measure import measure_call
-from .plugin import BUDGET_KEY, CALLS_KEY, SESSION_KEY, ModelBudgetWarning
+from .options import BUDGET_KEY, CALLS_KEY, ModelBudgetWarning
 from .results import CallResult, Measurement
+from .session import SESSION_KEY
 
 
 class ModelBudget:

@@ -49,7 +49,7 @@ def measure_call(
 
     budget = resolve(marker, entry.budget if entry else None, settings)
     counts = count(model, args, kwargs)
-    on_cuda = target_device(model, args, budget.timing).type == "cuda"
+    on_cuda = target_device(model, args, budget.timing.device).type == "cuda"
     judgement: TimingJudgement | None = None
     timed_limits: tuple[Limit, ...] = ()
     timing: TimingStats | None = None
@@ -109,12 +109,12 @@ def _time(
     Returns the judgement and the measurement the call reports: when recording a baseline,
     the typical one with the machine's speed probes; otherwise the least disturbed one.
     """
-    from .devices import batch_size_of, placement
+    from .devices import batch_size_of
     from .probes import measure_probes
-    from .timing import time_forward
+    from .timing import placement_for, time_forward
     from .timing_verdicts import RECORD_MEASUREMENTS, LatencyBaseline, measure_and_judge, recorded
 
-    where = placement(model, args, budget.timing)  # the fingerprint, computed once per call
+    where = placement_for(model, args, budget.timing)  # the fingerprint, computed once per call
     batch = budget.batch_size or batch_size_of(args, kwargs)
     stored = entry.timing.get(where.fingerprint) if entry else None
     baseline = LatencyBaseline.from_stored(stored) if stored else None
@@ -181,6 +181,5 @@ def _max_batch(
         return None
     from .cuda_memory import max_batch
 
-    return max_batch(
-        model, args, kwargs, budget.timing, limit=int(4 * max(limit.value for limit in required))
-    )
+    largest = int(max(limit.value for limit in required))
+    return max_batch(model, args, kwargs, device=budget.timing.device, limit=4 * largest)

@@ -17,7 +17,7 @@ import pytest
 from . import baselines, report
 from .budgets import CallSettings
 from .errors import BaselineFileError
-from .plugin import MARKER, Settings
+from .options import MARKER, Settings
 from .results import CallResult
 
 _WORKER_OUTPUT_KEY = "modelbudget"
@@ -193,3 +193,6 @@ class XdistController:
         self.session.results.extend(CallResult.from_dict(r) for r in data["results"])
         self.session.collected.update(data["collected"])
         self.session.worker_scopes.append(data["scope"])
+
+
+SESSION_KEY = pytest.StashKey[BudgetSession]()  # the enabled run's state, on config.stash

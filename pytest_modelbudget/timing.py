@@ -243,6 +243,15 @@ def _capture_cuda_graph(forward: Callable[[], object]) -> Callable[[], object]:
     return graph.replay
 
 
+def placement_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> Placement:
+    """Where ``settings`` time the model, and the fingerprint its timing baseline is kept under."""
+    from .devices import placement
+
+    return placement(
+        model, args, device=settings.device, threads=settings.threads, cuda_graph=settings.cuda_graph
+    )
+
+
 def time_forward(
     model: Any,
     args: tuple[Any, ...],
@@ -262,12 +271,12 @@ def time_forward(
     from torch.utils._pytree import tree_map_only
 
     from .cuda_memory import forward_peak_memory
-    from .devices import batch_size_of, exclusive_use, placement
+    from .devices import batch_size_of, exclusive_use
     from .probes import SpeedProbe
 
     settings = settings or TimingSettings()
     kwargs = dict(kwargs or {})
-    where = where or placement(model, args, settings)
+    where = where or placement_for(model, args, settings)
     device = where.device
     if settings.cuda_graph and device.type != "cuda":
         raise MeasurementError(f"cuda_graph timing needs a CUDA device, but the model runs on {device}")

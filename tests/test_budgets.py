@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_modelbudget.budgets import Budget, CallSettings, parse_budget, resolve
+from pytest_modelbudget.budgets import (
+    KEYWORDS,
+    Budget,
+    CallSettings,
+    Source,
+    keyword_table,
+    parse_budget,
+    resolve,
+)
 from pytest_modelbudget.checks import Check, check_baseline, check_call
 from pytest_modelbudget.errors import BudgetSpecError
 from pytest_modelbudget.report import describe
@@ -93,3 +101,25 @@ def test_describe_has_units_reference_and_change() -> None:
     assert describe(macs) == "macs 1.53 M > baseline 1.33 M (+15.1%)"
     [size] = check({"size": 3e6}, marker=Budget(limits={"size": 2**21}), file_limits=None, baseline=None)
     assert describe(size) == "size 2.86 MiB > limit (marker) 2 MiB (+43.1%)"
+
+
+def test_the_keyword_table_has_one_row_per_keyword() -> None:
+    rows = keyword_table()
+    assert [keyword for keyword, _, _ in rows] == list(KEYWORDS)
+    assert all(unit and meaning for _, unit, meaning in rows)
+
+
+def test_a_call_budget_merges_marker_file_and_run_settings_once() -> None:
+    marker = parse_budget({"max_macs": "2G", "latency_stat": "p90", "tolerance": "5%"})
+    file_limits = parse_budget({"max_macs": "3G", "max_latency_ms": 5, "device": "cpu", "tolerance": "1%"})
+    budget = resolve(marker, file_limits, CallSettings(latency_tolerance=0.2))
+    assert [(limit.metric, limit.value, limit.source) for limit in budget.limits] == [
+        ("macs", 2e9, Source.MARKER),
+        ("macs", 3e9, Source.FILE),
+        ("latency_ms", 5.0, Source.FILE),
+    ]
+    assert budget.tolerance == pytest.approx(0.05)  # the marker's, not the file's
+    assert (budget.latency_stat, budget.latency_tolerance) == ("p90", 0.2)
+    assert budget.timing.device == "cpu" and budget.timed  # a file limit asks for timing
+    untimed = resolve(marker, file_limits, CallSettings(timing_enabled=False))
+    assert not untimed.timed  # --budget-no-timing

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modelbudget import budgets, plugin
+from pytest_modelbudget import budgets, options
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REFERENCE = (DOCS / "reference.md").read_text()
-OPTIONS = [(flag, ini) for flag, ini, _, _ in plugin._OPTIONS] + [("--update-budgets", None)]
+OPTIONS = [(flag, ini) for flag, ini, _, _ in options.OPTIONS] + [("--update-budgets", None)]
 
 
 @pytest.mark.parametrize(("flag", "ini"), OPTIONS, ids=[flag for flag, _ in OPTIONS])

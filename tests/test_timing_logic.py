@@ -222,7 +222,7 @@ def test_max_batch_refuses_cpu() -> None:
     import torch
 
     with pytest.raises(MeasurementError, match="min_max_batch needs a CUDA device"):
-        max_batch(torch.nn.Linear(2, 2), (torch.randn(1, 2),), {}, TimingSettings(device="cpu"), limit=8)
+        max_batch(torch.nn.Linear(2, 2), (torch.randn(1, 2),), {}, device="cpu", limit=8)
 
 
 def test_the_noise_margin_shrinks_with_more_samples() -> None:

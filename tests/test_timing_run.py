@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_modelbudget.devices import placement
 from pytest_modelbudget.errors import MeasurementError
-from pytest_modelbudget.timing import TimingSettings, time_forward
+from pytest_modelbudget.timing import TimingSettings, placement_for, time_forward
 
 QUICK = TimingSettings(time_budget_s=0.2)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -33,7 +32,7 @@ def test_cpu_measurement_structure() -> None:
     assert stats.fingerprint.startswith("cpu | ") and stats.fingerprint.endswith(
         "| 1 thread | float32 | eager"
     )
-    assert stats.fingerprint == placement(model, (torch.randn(8, 16),), QUICK).fingerprint
+    assert stats.fingerprint == placement_for(model, (torch.randn(8, 16),), QUICK).fingerprint
 
 
 def test_thread_count_is_fixed_then_restored() -> None:
