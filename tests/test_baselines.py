@@ -139,3 +139,84 @@ def test_directory_and_missing_directory(tmp_path: Path) -> None:
         baselines.load(tmp_path)
     with pytest.raises(BaselineFileError, match="does not exist"):
         baselines.load(tmp_path / "nope" / "budgets.yaml")
+
+
+# Written by 85e7fab (before timing baselines became typed values), plus a hand-written
+# CUDA fingerprint and limits so that every stored key appears.
+EARLIER_FILE = """\
+# Model budget baselines, written by pytest-modelbudget.
+# Regenerate with: pytest --model-budget --update-budgets
+# Review the diff like any snapshot before committing it. Entries are keyed by test id
+# (plus '#name' for named calls). Hand-written `limits:` are never changed by updates.
+version: 1
+entries:
+  test_m.py::test_named#big:
+    convention: aten-macs/1
+    macs: 256
+    params: 136
+    size: 544
+    modules:
+      (root):
+        macs: 256
+        params: 136
+  test_m.py::test_named#small:
+    convention: aten-macs/1
+    macs: 128
+    params: 72
+    size: 288
+    modules:
+      (root):
+        macs: 128
+        params: 72
+  test_m.py::test_timed:
+    convention: aten-macs/1
+    macs: 18432
+    params: 4680
+    size: 18720
+    modules:
+      '0':
+        macs: 16384
+        params: 4160
+      '2':
+        macs: 2048
+        params: 520
+    timing:
+      cpu | AMD EPYC | 1 thread | float32 | eager:
+        median_ms: 0.0112
+        p90_ms: 0.01128
+        min_ms: 0.01107
+        relative: 0.07799
+        relative_spread: 0.03949
+        spread: 0.0102
+        samples: 30
+        probes:
+          matmul: 0.1422
+      cuda | NVIDIA H100 80GB HBM3 | float32 | eager:
+        median_ms: 0.0451
+        p90_ms: 0.0472
+        min_ms: 0.0449
+        spread: 0.012
+        samples: 200
+        peak_memory: 1048576
+        probes:
+          copy: 0.3121
+          matmul: 0.1422
+          python: 0.8913
+    limits:
+      max_macs: 20k
+      max_latency_ms: 5
+"""
+
+
+def test_a_file_written_by_the_earlier_version_is_rewritten_byte_for_byte(tmp_path: Path) -> None:
+    entries = baselines.parse(EARLIER_FILE.encode(), "budgets.yaml")
+    assert baselines.render(entries) == EARLIER_FILE
+    stored = entries["test_m.py::test_timed"].timing["cuda | NVIDIA H100 80GB HBM3 | float32 | eager"]
+    assert stored["peak_memory"] == 1048576
+    # An update that changes another entry leaves this one's bytes as they were.
+    path = tmp_path / "budgets.yaml"
+    path.write_text(EARLIER_FILE)
+    grown = Entry(metrics={"macs": 300, "params": 150, "size": 600}, convention="aten-macs/1")
+    assert baselines.update(path, {"test_m.py::test_named#big": grown})
+    timed_block = EARLIER_FILE[EARLIER_FILE.index("  test_m.py::test_timed:") :]
+    assert path.read_text().endswith(timed_block)
