@@ -41,7 +41,7 @@ HEADER = """\
 # (plus '#name' for named calls). Hand-written `limits:` are never changed by updates.
 """
 
-_ENTRY_KEYS = ("convention", *RATCHETED, "modules", "timing", "limits")
+_ENTRY_KEYS = ("convention", *RATCHETED, "macs_by_dtype", "modules", "timing", "limits")
 # Per device fingerprint under `timing:` (LatencyBaseline's fields); all but `probes` are numbers.
 TIMING_KEYS = STORED_KEYS
 NAME_SEPARATOR = "#"
@@ -69,6 +69,8 @@ class Entry:
     timing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # fingerprint -> stored stats
     # The hand-written limits, parsed once, when the entry is made (None without limits).
     budget: Budget | None = field(default=None, compare=False, repr=False)
+    # MACs by the dtype they ran in; kept only where not all of them ran in float32.
+    macs_by_dtype: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.limits and self.budget is None:  # raises BudgetSpecError for bad limits
@@ -254,9 +256,23 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
         )
     timing = _validate_timing({} if value.get("timing") is None else value["timing"], where, key)
     try:
-        return Entry(metrics, modules, convention, dict(limits), timing)  # parses the limits once
+        return Entry(  # parses the limits once
+            metrics,
+            modules,
+            convention,
+            dict(limits),
+            timing,
+            macs_by_dtype=_macs_by_dtype(value, where, key),
+        )
     except BudgetSpecError as error:
         raise BaselineFileError(where, f"limits: {error}", key) from None
+
+
+def _macs_by_dtype(value: Mapping[str, Any], where: str, key: str) -> dict[str, int]:
+    by_dtype = {} if value.get("macs_by_dtype") is None else value["macs_by_dtype"]
+    if not isinstance(by_dtype, dict):
+        raise BaselineFileError(where, "'macs_by_dtype' must be a mapping of dtype name to MACs", key)
+    return {str(dtype): _count(n, where, key, f"macs_by_dtype.{dtype}") for dtype, n in by_dtype.items()}
 
 
 def _number(value: Any, where: str, entry: str, what: str) -> float:
@@ -309,6 +325,8 @@ def render(entries: Mapping[str, Entry]) -> str:
         for metric in RATCHETED:
             if metric in entry.metrics:
                 body[metric] = int(entry.metrics[metric])
+        if entry.macs_by_dtype:
+            body["macs_by_dtype"] = {dtype: int(n) for dtype, n in sorted(entry.macs_by_dtype.items())}
         if entry.modules:
             body["modules"] = {
                 path: {k: int(v) for k, v in sorted(stats.items())}
@@ -426,6 +444,7 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
                 # Timings of other devices are kept: each machine updates its own.
                 {**old.timing, **entry.timing},
                 old.budget or entry.budget,
+                entry.macs_by_dtype,
             )
         text = render(merged)
         # Same data: leave the file alone (a hand-edited one keeps its comments), and

@@ -32,6 +32,15 @@ def _parse_bool(value: object) -> bool:
     return value
 
 
+AUTOCAST_DTYPES = ("bfloat16", "float16")
+
+
+def _parse_autocast(value: object) -> bool | str:
+    if isinstance(value, bool) or value in AUTOCAST_DTYPES:
+        return value
+    raise UnitError(f"{shown(value)} is not True, False, 'bfloat16' or 'float16'")
+
+
 def parse_hardware(value: object) -> object:
     from .roofline import hardware
 
@@ -70,6 +79,11 @@ CALL_OPTIONS: Mapping[str, _CallOption] = {
         parse_positive_int,
         "count",
         "items per call for min_throughput (default: the first input's leading dimension)",
+    ),
+    "autocast": _CallOption(
+        _parse_autocast,
+        "bool|dtype",
+        "measure under torch.autocast: True (bfloat16 on CPU, float16 on CUDA), 'bfloat16' or 'float16'",
     ),
     "hardware": _CallOption(
         parse_hardware, "preset|mapping", "hardware for max_roofline_ms: 'h100', 'a100' or a custom spec"
@@ -194,6 +208,7 @@ class CallBudget:
     timed: bool  # the call asks for timing and the run allows it
     hardware: object | None  # roofline spec (preset name or mapping), or None
     batch_size: int | None  # items per call for throughput; None: from the inputs
+    autocast: bool | str = False  # measure under torch.autocast: True, or the dtype to cast to
     update: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
     strict: bool = False  # --budget-strict (never while updating)
 
@@ -231,6 +246,7 @@ def resolve(marker: Budget, file_limits: Budget | None, settings: CallSettings) 
         timed=settings.timing_enabled and wants_timing,
         hardware=options.get("hardware", settings.hardware),
         batch_size=options.get("batch_size"),
+        autocast=options.get("autocast", False),
         update=settings.update,
         strict=settings.strict and not settings.update,
     )

@@ -19,6 +19,10 @@ from .metrics import METRICS_BY_NAME, RATCHETED
 from .units import format_change
 
 
+# The enums here are str-valued and compared with ==, never `is`: equal by value also when
+# this module was imported twice (pytester's in-process runs re-import the plugin).
+
+
 class Status(str, Enum):
     """How one check came out; the value is the word reports use."""
 
@@ -74,11 +78,11 @@ class Check:
 
     @property
     def failed(self) -> bool:
-        return self.status is Status.OVER
+        return self.status == Status.OVER
 
     @property
     def is_baseline(self) -> bool:
-        return self.source is Source.BASELINE
+        return self.source == Source.BASELINE
 
     @property
     def usage(self) -> float:
@@ -197,9 +201,9 @@ def call_verdict(checks: Iterable[Check], *, has_baseline: bool, updating: bool)
     counted = enforced(checks, updating=updating)
     if any(c.failed for c in counted):
         return Verdict.OVER
-    if any(c.status is Status.INCONCLUSIVE for c in counted):
+    if any(c.status == Status.INCONCLUSIVE for c in counted):
         return Verdict.INCONCLUSIVE
-    baseline_changed = any(c.status is not Status.OK for c in checks if c.is_baseline)
+    baseline_changed = any(c.status != Status.OK for c in checks if c.is_baseline)
     if updating:
         return Verdict.UPDATED if baseline_changed or not has_baseline else Verdict.OK
     if not has_baseline:
@@ -216,6 +220,6 @@ def strict_failures(
         rules.append(StrictRule.NO_BASELINE)
     if uncounted:
         rules.append(StrictRule.UNCOUNTED_OPS)
-    if any(c.status is Status.INCONCLUSIVE for c in checks):
+    if any(c.status == Status.INCONCLUSIVE for c in checks):
         rules.append(StrictRule.INCONCLUSIVE_TIMING)
     return tuple(rules)

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map_only
 
-from .dispatch import CountingMode, MetaArguments, OpRecord, dtype_name
+from .dispatch import CountingMode, MetaArguments, OpRecord
 from .errors import MeasurementError
+from .held import packed_tensors, storage_bytes
 from .mac_formulas import CONVENTION
 from .model_state import Inventory, model_left_as_it_was
 
@@ -76,6 +77,8 @@ class Counts:
     # estimate of activation memory from the dispatch trace (no allocator, caching or
     # workspace; views share their base's bytes).
     peak_memory: int = 0
+    # MACs by the dtype they ran in (float32, bfloat16, int8, ...); sums to ``macs``.
+    macs_by_dtype: Mapping[str, int] = field(default_factory=dict)
     ops: tuple[OpRecord, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -102,20 +105,26 @@ def count(
     kwargs: Mapping[str, Any] | None = None,
     *,
     execution: str = "auto",
+    autocast: str | None = None,
 ) -> Counts:
     """Count one forward ``model(*args, **kwargs)``.
 
     ``execution``: ``"meta"`` never does real arithmetic (raises if the model cannot run
     on meta tensors), ``"real"`` runs on the tensors as given, ``"auto"`` tries meta
-    first and falls back to real.
+    first and falls back to real. ``autocast`` (``"bfloat16"``, ``"float16"``) runs the
+    forward under ``torch.autocast`` on the model's device, so ops count in the dtypes
+    autocast picks; autocast acts on real tensors only, so it counts on real ones.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise MeasurementError(
-            f"expected a torch.nn.Module, got {type(model).__name__}; call model_budget(model, *inputs)"
-        )
+    require_module(model)
     if execution not in EXECUTION_MODES:
         raise MeasurementError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
     kwargs = dict(kwargs or {})
+    if autocast is not None:
+        if execution == "meta":
+            raise MeasurementError(
+                "autocast acts on real tensors only: count with execution='real' or 'auto'"
+            )
+        return _count_forward(model, args, kwargs, to_meta=False, autocast=autocast)
     if execution in ("auto", "meta"):
         try:
             return _count_forward(model, args, kwargs, to_meta=True)
@@ -128,8 +137,21 @@ def count(
     return _count_forward(model, args, kwargs, to_meta=False)
 
 
+def require_module(model: object) -> None:
+    """Raises :class:`~.errors.MeasurementError` unless ``model`` is a ``torch.nn.Module``."""
+    if not isinstance(model, torch.nn.Module):
+        raise MeasurementError(
+            f"expected a torch.nn.Module, got {type(model).__name__}; call model_budget(model, *inputs)"
+        )
+
+
 def _count_forward(
-    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, to_meta: bool
+    model: torch.nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    to_meta: bool,
+    autocast: str | None = None,
 ) -> Counts:
     inventory = Inventory.of(model)
     mode = CountingMode(to_meta=to_meta)
@@ -142,10 +164,12 @@ def _count_forward(
         # it is only pushed where it is needed (see MetaArguments).
         has_rnn = any(isinstance(module, torch.nn.RNNBase) for _, module in inventory.modules)
         function_mode = MetaArguments(mode) if to_meta and has_rnn else nullcontext()
-        with torch.no_grad(), tracker, function_mode, mode:
+        device_type = _device_of(inventory, args).split(":")[0]
+        casting = torch.autocast(device_type, dtype=getattr(torch, autocast)) if autocast else nullcontext()
+        with torch.no_grad(), tracker, function_mode, casting, mode:
             mode.current_module = tracker.current
             model(*args, **kwargs)
-    return _assemble(inventory, mode, "meta" if to_meta else _device_of(inventory, args))
+    return _assemble(model, inventory, mode, "meta" if to_meta else _device_of(inventory, args))
 
 
 def _device_of(inventory: Inventory, args: tuple[Any, ...]) -> str:
@@ -157,19 +181,23 @@ def _device_of(inventory: Inventory, args: tuple[Any, ...]) -> str:
     return "cpu"
 
 
-def _assemble(inventory: Inventory, mode: CountingMode, executed_on: str) -> Counts:
+def _assemble(model: torch.nn.Module, inventory: Inventory, mode: CountingMode, executed_on: str) -> Counts:
     params = trainable = buffers = 0
     size_by_dtype: Counter[str] = Counter()
     module_params: Counter[str] = Counter()
     for path, param in inventory.parameters:
-        numel = param.numel()
+        numel = param.numel()  # logical elements, also of a quantized tensor subclass
         params += numel
         trainable += numel if param.requires_grad else 0
-        size_by_dtype[dtype_name(param.dtype)] += numel * param.element_size()
+        size_by_dtype += storage_bytes(param)
         module_params[path] += numel
+    for path, tensor in packed_tensors(model):  # torch.ao quantized modules
+        params += tensor.numel()
+        size_by_dtype += storage_bytes(tensor)
+        module_params[path] += tensor.numel()
     for _, buffer in inventory.buffers:
         buffers += buffer.numel()
-        size_by_dtype[dtype_name(buffer.dtype)] += buffer.numel() * buffer.element_size()
+        size_by_dtype += storage_bytes(buffer)
     modules: dict[str, ModuleStats] = {}
     for path in sorted(set(mode.module_macs) | set(mode.module_traffic) | set(module_params)):
         stats = ModuleStats(mode.module_macs[path], module_params[path], mode.module_traffic[path])
@@ -187,6 +215,7 @@ def _assemble(inventory: Inventory, mode: CountingMode, executed_on: str) -> Cou
         uncounted=dict(sorted(mode.uncounted.items())),
         executed_on=executed_on,
         peak_memory=mode.memory.peak,
+        macs_by_dtype=dict(sorted(mode.macs_by_dtype.items())),
         ops=tuple(mode.ops),
     )
 

@@ -40,11 +40,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown cpu"
 
 
-def fingerprint(device: torch.device, *, threads: int, dtype: torch.dtype, mode: str) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def fingerprint(device: torch.device, *, threads: int, dtype: str, mode: str) -> str:
     """``cpu | AMD EPYC 7B13 | 1 thread | float32 | eager``; the key of timing baselines."""
     import torch
 
-    kind = str(dtype).removeprefix("torch.")
+    kind = dtype
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"cuda | {name} | {kind} | {mode}"
@@ -102,7 +106,13 @@ def target_device(model: Any, args: Sequence[Any], device: str | None) -> torch.
 
 
 def placement(
-    model: Any, args: Sequence[Any], *, device: str | None, threads: int, cuda_graph: bool
+    model: Any,
+    args: Sequence[Any],
+    *,
+    device: str | None,
+    threads: int,
+    cuda_graph: bool,
+    autocast: str | None = None,
 ) -> Placement:
     """The device (``device``, else the model's), thread count and fingerprint of a timed call."""
     import torch
@@ -114,9 +124,8 @@ def placement(
         raise MeasurementError(f"cannot time on {where}: CUDA is not available on this machine")
     cpu_threads = threads if where.type == "cpu" else None
     mode = "cuda-graph" if cuda_graph else "eager"
-    key = fingerprint(
-        where, threads=cpu_threads or torch.get_num_threads(), dtype=_dtype_of(model, args), mode=mode
-    )
+    dtype = f"{autocast} autocast" if autocast else dtype_name(_dtype_of(model, args))
+    key = fingerprint(where, threads=cpu_threads or torch.get_num_threads(), dtype=dtype, mode=mode)
     return Placement(where, cpu_threads, key)
 
 

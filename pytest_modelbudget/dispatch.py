@@ -25,7 +25,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .mac_formulas import Formula, is_mac_free, mac_formula
+from .mac_formulas import Formula, compute_dtype, is_mac_free, mac_formula
 from .shape_rules import meta_outputs
 
 
@@ -172,6 +172,7 @@ class _OpCost(NamedTuple):
     traffic: int
     dtype: str
     counted: bool  # False: arithmetic the convention has no formula for
+    compute: str  # the dtype its MACs ran in ("none" for an op without MACs)
 
 
 class _LiveBytes:
@@ -206,6 +207,7 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.module_macs: Counter[str] = Counter()
         self.module_traffic: Counter[str] = Counter()
         self.uncounted: Counter[str] = Counter()
+        self.macs_by_dtype: Counter[str] = Counter()
         self.ops: list[OpRecord] = []
         self.memory = _LiveBytes()
         # id(real tensor) -> (real tensor, meta twin). Holding the real tensor keeps
@@ -257,7 +259,7 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         info = _op_info(func)
         out = self._run_meta(func, info, args, kwargs) if self.to_meta else func(*args, **kwargs)
         if not self.to_meta:
-            self._record(self._costs(info, args, kwargs, out))
+            self._record(self._costs(func, info, args, kwargs, out))
         if info.plan == "fresh":  # a new tensor, not a view or an argument changed in place
             self.memory.allocated(out)
         return out
@@ -267,7 +269,7 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             args = self.to_meta_args(args)
             kwargs = {k: self.to_meta_args(v) for k, v in kwargs.items()}
             out = func(*args, **kwargs)
-            self._record(self._costs(info, args, kwargs, out))
+            self._record(self._costs(func, info, args, kwargs, out))
             return out
         args, signature = self._prepare(args)
         if kwargs:
@@ -288,14 +290,14 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         out = meta_outputs(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
-        cost = self._costs(info, args, kwargs, out)
+        cost = self._costs(func, info, args, kwargs, out)
         if key is not None:
             self._cache[key] = (_template(out), cost)
         self._record(cost)
         return out
 
     @staticmethod
-    def _costs(info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> _OpCost:
+    def _costs(func: Any, info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> _OpCost:
         first_out = out if isinstance(out, torch.Tensor) else _first_tensor(out)
         macs = 0
         if info.formula is not None:
@@ -304,7 +306,8 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         typed = first_out if first_out is not None else _first_tensor(args)
         dtype = dtype_name(typed.dtype) if typed is not None else "none"
         counted = info.formula is not None or info.mac_free
-        return _OpCost(info.name, macs, traffic, dtype, counted)
+        compute = compute_dtype(func, _first_tensor(args)) if macs else "none"
+        return _OpCost(info.name, macs, traffic, dtype, counted, compute)
 
     def _record(self, cost: _OpCost) -> None:
         module = self.current_module()
@@ -312,6 +315,8 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self.uncounted[cost.name] += 1
         self.module_macs[module] += cost.macs
         self.module_traffic[module] += cost.traffic
+        if cost.macs:
+            self.macs_by_dtype[cost.compute] += cost.macs
         self.ops.append(OpRecord(module, cost.name, cost.macs, cost.traffic, cost.dtype))
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from .held import unpacked
+
 aten = torch.ops.aten
 
 # Bumped whenever a formula changes, so a baseline written by an older counter is
@@ -39,16 +41,24 @@ CONVENTION = "aten-macs/1"
 
 Formula = Callable[..., int]
 _FORMULAS: dict[Any, Formula] = {}
+# Ops whose arithmetic runs in a dtype their tensor arguments do not show: dynamically
+# quantized kernels take float activations and quantize them to int8 inside.
+_COMPUTE_DTYPES: dict[Any, str] = {}
 
 
-def _register(*packets: Any) -> Callable[[Formula], Formula]:
-    """Registers a formula for ATen packets (``aten.mm``: every overload); one per packet."""
+def _register(*packets: Any, compute: str | None = None) -> Callable[[Formula], Formula]:
+    """Registers a formula for op packets (``aten.mm``: every overload); one per packet.
+
+    ``compute`` names the dtype the op multiplies in when its arguments do not say it.
+    """
 
     def wrap(formula: Formula) -> Formula:
         taken = [p for i, p in enumerate(packets) if p in _FORMULAS or p in packets[:i]]
         if taken:  # checked before any is added, so a refused registration changes nothing
             raise RuntimeError(f"duplicate MAC formula registrations for {', '.join(map(str, taken))}")
         _FORMULAS.update(dict.fromkeys(packets, formula))
+        if compute is not None:
+            _COMPUTE_DTYPES.update(dict.fromkeys(packets, compute))
         return formula
 
     return wrap
@@ -268,9 +278,90 @@ def _cudnn_rnn(x: torch.Tensor, weights: Sequence[Any], *_: Any, **__: Any) -> i
     return _rnn_macs(x.numel() // int(x.shape[-1]), weights)
 
 
+# -- quantized kernels (torch.ao: static and dynamic) ---------------------------------
+#
+# They take their weights as packed parameters (a ScriptObject whose ``unpack()`` gives
+# the int8 weight and the float bias) and count exactly like the float op they replace.
+
+quantized = torch.ops.quantized
+
+# 8-bit integer storage, however it is tagged: what an int8 kernel multiplies in.
+_INT8_STORAGE = frozenset({torch.qint8, torch.quint8, torch.int8, torch.uint8})
+
+
+def _packed_weight(packed: Any) -> torch.Tensor:
+    weight: torch.Tensor = packed.unpack()[0]
+    return weight
+
+
+@_register(
+    quantized.conv1d,
+    quantized.conv2d,
+    quantized.conv3d,
+    quantized.conv1d_relu,
+    quantized.conv2d_relu,
+    quantized.conv3d_relu,
+    quantized.conv2d_add,
+    quantized.conv2d_add_relu,
+)
+def _quantized_conv(x: torch.Tensor, packed: Any, *_: Any, out: torch.Tensor, **__: Any) -> int:
+    return _conv_macs(x, _packed_weight(packed), out, transposed=False)
+
+
+@_register(quantized.conv_transpose1d, quantized.conv_transpose2d, quantized.conv_transpose3d)
+def _quantized_conv_transpose(x: torch.Tensor, packed: Any, *_: Any, out: torch.Tensor, **__: Any) -> int:
+    return _conv_macs(x, _packed_weight(packed), out, transposed=True)
+
+
+def _quantized_linear_macs(x: torch.Tensor, packed: Any) -> int:
+    weight = _packed_weight(packed)  # [out_features, in_features]
+    return (x.numel() // int(x.shape[-1])) * weight.numel()
+
+
+@_register(quantized.linear, quantized.linear_relu, quantized.linear_leaky_relu, quantized.linear_tanh)
+def _quantized_linear(x: torch.Tensor, packed: Any, *_: Any, **__: Any) -> int:
+    return _quantized_linear_macs(x, packed)
+
+
+@_register(quantized.linear_dynamic, quantized.linear_relu_dynamic, compute="int8")
+def _quantized_linear_dynamic(x: torch.Tensor, packed: Any, *_: Any, **__: Any) -> int:
+    return _quantized_linear_macs(x, packed)
+
+
+@_register(quantized.linear_dynamic_fp16, quantized.linear_relu_dynamic_fp16, compute="float16")
+def _quantized_linear_dynamic_fp16(x: torch.Tensor, packed: Any, *_: Any, **__: Any) -> int:
+    return _quantized_linear_macs(x, packed)
+
+
+@_register(aten.quantized_lstm, aten.quantized_gru, compute="int8")
+def _quantized_rnn(data: torch.Tensor, *args: Any, **__: Any) -> int:
+    # .input(input, hx, params, ...) and .data(data, batch_sizes, hx, params, ...): the cell
+    # parameters are the first list of ScriptObjects.
+    cells = next(
+        a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.ScriptObject)
+    )
+    return _rnn_macs(data.numel() // int(data.shape[-1]), list(unpacked(cells)))
+
+
 def mac_formula(func: Any) -> Formula | None:
-    """The formula for an ATen overload (``aten.mm.default``), or None."""
+    """The formula for an op overload (``aten.mm.default``), or None."""
     return _FORMULAS.get(func.overloadpacket)
+
+
+def compute_dtype(func: Any, first_input: torch.Tensor | None) -> str:
+    """The dtype a MAC-counting op multiplies in: its own when registered, else its first input's.
+
+    8-bit integer storage (``qint8``, ``quint8``, ``int8``, ``uint8``) is ``int8``: an int8
+    kernel whatever the tensor is tagged.
+    """
+    declared = _COMPUTE_DTYPES.get(func.overloadpacket)
+    if declared is not None:
+        return declared
+    if first_input is None:
+        return "none"
+    if first_input.dtype in _INT8_STORAGE:
+        return "int8"
+    return str(first_input.dtype).removeprefix("torch.")
 
 
 # Ops that do arithmetic the convention does not count as MACs (normalisation,
@@ -288,6 +379,12 @@ _MAC_FREE_NAMES = frozenset(
     adaptive_max_pool2d adaptive_max_pool3d mkldnn_max_pool2d mkldnn_adaptive_avg_pool2d
     upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_bilinear2d
     upsample_bicubic2d upsample_linear1d upsample_trilinear3d _upsample_bilinear2d_aa
+    quantize_per_tensor quantize_per_tensor_dynamic quantize_per_channel dequantize
+    quantized_max_pool1d quantized_max_pool2d quantized_max_pool3d quantized_batch_norm
+    int_repr q_scale q_zero_point q_per_channel_scales q_per_channel_zero_points
+    _make_per_tensor_quantized_tensor _make_per_channel_quantized_tensor
+    fake_quantize_per_tensor_affine fake_quantize_per_channel_affine
+    _fake_quantize_per_tensor_affine_cachemask_tensor_qparams
     _upsample_nearest_exact2d grid_sampler_2d grid_sampler_3d
     sum mean prod amax amin max min argmax argmin var var_mean std std_mean norm
     linalg_vector_norm logsumexp any all cumsum cumprod
@@ -319,8 +416,31 @@ _MAC_FREE_NAMES = frozenset(
 )
 
 
+# Quantized kernels that do no MACs (elementwise, pooling, normalisation, data movement,
+# embedding lookups), matched by packet name in the ``quantized`` namespace.
+_QUANTIZED_MAC_FREE_NAMES = frozenset(
+    """
+    add add_relu add_out add_relu_out add_scalar add_scalar_relu add_scalar_out mul mul_relu
+    mul_out mul_scalar mul_scalar_relu mul_scalar_out cat cat_relu cat_out relu6 leaky_relu
+    hardswish sigmoid tanh elu celu threshold hardtanh gelu softmax matmul_relu
+    batch_norm batch_norm_relu batch_norm1d batch_norm2d batch_norm3d batch_norm1d_relu
+    batch_norm2d_relu batch_norm3d_relu layer_norm group_norm instance_norm
+    max_pool1d max_pool2d adaptive_avg_pool2d adaptive_avg_pool3d avg_pool2d
+    embedding_bag_byte_rowwise_offsets embedding_bag_4bit_rowwise_offsets
+    embedding_bag_2bit_rowwise_offsets embedding_bag_byte embedding_bag_4bit embedding_byte
+    embedding_4bit embedding_bag_prepack embedding_bag_unpack embedding_bag_byte_prepack
+    embedding_bag_byte_unpack embedding_bag_4bit_prepack embedding_bag_4bit_unpack
+    conv_prepack conv1d_prepack conv2d_prepack conv3d_prepack conv_unpack conv2d_unpack
+    conv3d_unpack linear_prepack linear_unpack linear_prepack_fp16 linear_unpack_fp16
+    quantize_per_tensor quantize_per_channel make_quantized_cell_params_dynamic
+    """.split()
+)
+
+
 def is_mac_free(func: Any) -> bool:
     """True for ops known to do no multiply-accumulates under this convention."""
+    if func.namespace == "quantized":
+        return func.overloadpacket.__name__ in _QUANTIZED_MAC_FREE_NAMES
     if func.is_view:
         return True
     tags = func.tags

@@ -44,12 +44,17 @@ def measure_call(
     Raises :class:`~.errors.MeasurementError` when the model cannot be measured; an
     exception from the model's own forward propagates unchanged.
     """
-    from .counting import count  # imports torch: only when a model is measured
+    from .counting import count, require_module  # imports torch: only when a model is measured
     from .devices import target_device
 
+    require_module(model)
     budget = resolve(marker, entry.budget if entry else None, settings)
-    counts = count(model, args, kwargs)
-    on_cuda = target_device(model, args, budget.timing.device).type == "cuda"
+    device = target_device(model, args, budget.timing.device)
+    on_cuda = device.type == "cuda"
+    if budget.autocast:  # True: the usual half dtype of the device
+        dtype = budget.autocast if isinstance(budget.autocast, str) else "float16" if on_cuda else "bfloat16"
+        budget = replace(budget, timing=replace(budget.timing, autocast=dtype))
+    counts = count(model, args, kwargs, autocast=budget.timing.autocast)
     judgement: TimingJudgement | None = None
     timed_limits: tuple[Limit, ...] = ()
     timing: TimingStats | None = None
@@ -90,6 +95,7 @@ def measure_call(
         has_baseline=has_baseline,
         updating=budget.update,
         timing=timing,
+        macs_by_dtype=dict(counts.macs_by_dtype),
     )
     measurement = Measurement(key=entry_key(nodeid, name), counts=counts, checks=checks, timing=timing)
     return result, measurement

@@ -14,7 +14,7 @@ summary, JSON, Markdown, HTML and JUnit outputs. No torch here, and no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,14 @@ class Readings:
     max_batch: int | None = None  # when min_max_batch asked for the search
 
 
+# Float dtypes of 16 bits or more: where a quantized model's MACs run when they fall back.
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def _float_macs(readings: Readings) -> float:
+    return sum(n for dtype, n in readings.counts.macs_by_dtype.items() if dtype in FLOAT_DTYPES)
+
+
 def _memory(readings: Readings) -> float | None:
     # On CUDA the allocator's peak (when measured); elsewhere the dispatch-trace estimate.
     return readings.cuda_memory if readings.on_cuda else readings.counts.peak_memory
@@ -76,6 +84,8 @@ class Metric:
     ratcheted: bool = False  # kept as a baseline in budgets.yaml and never allowed to grow
     timed: bool = False  # needs the model to be timed, not only counted
     higher_is_better: bool = False  # the limit is a minimum (throughput), not a maximum
+    # A ratcheted metric is stored only where this holds of the call's values (default: always).
+    stored_if: Callable[[Mapping[str, float]], bool] | None = None
 
     def parse(self, value: object) -> float:
         return _PARSERS[self.unit](value)
@@ -98,6 +108,17 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "flops", "max_flops", "count", "floating-point operations, 2 x MACs", read=lambda r: r.counts.flops
+    ),
+    Metric(
+        "float_macs",
+        "max_float_macs",
+        "count",
+        "MACs that ran in a 16-to-64-bit float dtype: in a quantized model, what fell back to float",
+        read=_float_macs,
+        ratcheted=True,
+        # Kept only where some MACs run in another dtype (quantized, float8): for a float
+        # model it would repeat `macs`.
+        stored_if=lambda values: values["float_macs"] != values["macs"],
     ),
     Metric(
         "params",
@@ -170,6 +191,15 @@ RATCHETED = tuple(m.name for m in METRICS if m.ratcheted)
 # The order values are read in, and so the order of a call's metrics in every report:
 # what counting gives first, then what timing adds.
 _READ_ORDER = sorted(METRICS, key=lambda m: m.timed)
+
+
+def baseline_values(measured: Mapping[str, float]) -> dict[str, int]:
+    """The ratcheted values a baseline entry keeps of a call's measured values."""
+    return {
+        m.name: int(measured[m.name])
+        for m in METRICS
+        if m.ratcheted and m.name in measured and (m.stored_if is None or m.stored_if(measured))
+    }
 
 
 def read_all(readings: Readings) -> dict[str, float]:

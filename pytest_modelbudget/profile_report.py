@@ -90,6 +90,16 @@ def _totals(profile: Profile) -> Iterator[str]:
     size_detail = ", ".join(f"{dtype} {format_bytes(n)}" for dtype, n in counts.size_by_dtype.items())
     totals = [
         ("MACs", f"{format_count(counts.macs)} ({counts.macs:,})"),
+        *(
+            [
+                (
+                    "MACs by dtype",
+                    ", ".join(f"{d} {format_count(n)}" for d, n in _largest_first(counts.macs_by_dtype)),
+                )
+            ]
+            if set(counts.macs_by_dtype) - {"float32"}
+            else []
+        ),
         ("FLOPs", f"{format_count(counts.flops)} ({counts.flops:,})"),
         ("params", f"{format_count(counts.params)} ({counts.params:,})"),
         ("trainable", f"{format_count(counts.trainable_params)} ({counts.trainable_params:,})"),
@@ -109,6 +119,10 @@ def _totals(profile: Profile) -> Iterator[str]:
         yield f"  {name:<{width}}  {value}"
 
 
+def _largest_first(by_dtype: Mapping[str, int]) -> list[tuple[str, int]]:
+    return sorted(by_dtype.items(), key=lambda item: (-item[1], item[0]))
+
+
 def to_json(profile: Profile) -> dict[str, Any]:
     """The profile as a JSON-able object (``--json``)."""
     counts = profile.counts
@@ -122,6 +136,7 @@ def to_json(profile: Profile) -> dict[str, Any]:
         "depth": profile.depth,
         "totals": {
             "macs": counts.macs,
+            "macs_by_dtype": dict(counts.macs_by_dtype),
             "flops": counts.flops,
             "params": counts.params,
             "trainable_params": counts.trainable_params,

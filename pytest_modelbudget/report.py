@@ -43,15 +43,34 @@ def describe(check: Check) -> str:
     """``macs 1.46 M > baseline 1.33 M (+9.9%)``, with units, tolerance and the timing note."""
     metric = METRICS_BY_NAME[check.metric]
     relation = {Status.OVER: ">", Status.SHRANK: "<", Status.INCONCLUSIVE: "~>"}.get(check.status, "<=")
-    if check.status is Status.OVER and metric.higher_is_better:
+    if check.status == Status.OVER and metric.higher_is_better:
         relation = "<"
     what = "baseline" if check.is_baseline else f"limit ({check.source.value})"
     allowed = f", tolerance {check.tolerance:.0%}" if check.is_baseline and check.tolerance else ""
-    prefix = "inconclusive: " if check.status is Status.INCONCLUSIVE else ""
+    prefix = "inconclusive: " if check.status == Status.INCONCLUSIVE else ""
     note = f"; {prefix}{check.note}" if check.note else ""
     return (
         f"{check.metric} {metric.format(check.measured)} {relation} {what} "
         f"{metric.format(check.reference)} ({check.change}{allowed}){note}"
+    )
+
+
+def dtype_shares(macs_by_dtype: Mapping[str, int]) -> str:
+    """``int8`` when every MAC ran in one dtype, else ``int8 98%, float32 2%`` (largest first)."""
+    total = sum(macs_by_dtype.values())
+    if not total:
+        return "-"
+    ordered = sorted(macs_by_dtype.items(), key=lambda item: (-item[1], item[0]))
+    if len(ordered) == 1:
+        return ordered[0][0]
+    return ", ".join(f"{dtype} {n / total:.0%}" for dtype, n in ordered)
+
+
+def _zero_macs(result: CallResult) -> str:
+    ops = ", ".join(f"{op} x{n}" for op, n in result.uncounted.items())
+    return (
+        f"{result.key} counted 0 MACs, but ops with arithmetic ran uncounted ({ops}): "
+        "a baseline of 0 MACs guards nothing (--budget-strict fails such a call)"
     )
 
 
@@ -60,10 +79,12 @@ def _inconclusive_lines(result: CallResult) -> list[str]:
 
 
 def warning_messages(result: CallResult) -> list[str]:
-    """One warning per inconclusive timing verdict (none where --budget-strict fails them)."""
+    """A call that counted nothing, and each inconclusive timing verdict (not where
+    --budget-strict fails them instead)."""
+    warnings = [_zero_macs(result)] if result.counted_nothing and not result.strict_failures else []
     if StrictRule.INCONCLUSIVE_TIMING in result.strict_failures:
-        return []
-    return _inconclusive_lines(result)
+        return warnings
+    return warnings + _inconclusive_lines(result)
 
 
 def failure_lines(result: CallResult, budgets_file: str) -> Iterator[str]:
@@ -71,12 +92,12 @@ def failure_lines(result: CallResult, budgets_file: str) -> Iterator[str]:
     if result.failed_checks:
         yield from _broken_budget_lines(result, budgets_file)
     for rule in result.strict_failures:
-        if rule is StrictRule.NO_BASELINE:
+        if rule == StrictRule.NO_BASELINE:
             yield (
                 f"--budget-strict: {result.key} has no baseline in {budgets_file}; "
                 "record one with pytest --model-budget --update-budgets"
             )
-        elif rule is StrictRule.UNCOUNTED_OPS:
+        elif rule == StrictRule.UNCOUNTED_OPS:
             ops = ", ".join(f"{op} x{n}" for op, n in result.uncounted.items())
             yield f"--budget-strict: ops with arithmetic the counter cannot count: {ops}"
         else:
@@ -153,9 +174,12 @@ def summary_lines(
 ) -> Iterator[str]:
     """The table printed after the run: one row per measured call, then totals."""
     timed = any(r.timing for r in results)
+    # The dtypes MACs ran in, only in a run where some did not run in float32.
+    typed = any(set(r.macs_by_dtype) - {"float32"} for r in results)
     headers = (
         "test",
         "MACs",
+        *(("MAC dtypes",) if typed else ()),
         "params",
         "size",
         *(("latency",) if timed else ()),
@@ -176,6 +200,7 @@ def summary_lines(
             (
                 result.key,
                 format_count(result.metrics["macs"]),
+                *((dtype_shares(result.macs_by_dtype),) if typed else ()),
                 format_count(result.metrics["params"]),
                 METRICS_BY_NAME["size"].format(result.metrics["size"]),
                 *((_latency(result),) if timed else ()),
@@ -194,6 +219,9 @@ def summary_lines(
         yield "ops with arithmetic but no MAC formula (not counted): " + ", ".join(
             f"{op} x{n}" for op, n in uncounted.items()
         )
+    for result in results:
+        if result.counted_nothing:
+            yield f"WARNING: {_zero_macs(result)}"
     if update is not None:
         state = f"{budgets_file} written" if update.file_changed else f"{budgets_file} unchanged"
         yield (
@@ -286,6 +314,7 @@ def json_report(
                 "modules": {k: dict(v) for k, v in result.modules.items()},
                 "uncounted": dict(result.uncounted),
                 "timing": result.timing.to_dict() if result.timing else None,
+                "macs_by_dtype": dict(result.macs_by_dtype),
             }
         )
     return {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .baselines import ROOT_MODULE, Entry, entry_key
 from .checks import Check, Status, StrictRule, Verdict, enforced
-from .metrics import RATCHETED
+from .metrics import baseline_values
 from .timing import TimingStats
 from .timing_verdicts import LatencyBaseline
 
@@ -38,6 +38,7 @@ class CallResult:
     has_baseline: bool = False
     updating: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
     timing: TimingStats | None = None  # the measurement judged (or recorded), when timed
+    macs_by_dtype: Mapping[str, int] = field(default_factory=dict)  # the dtypes the MACs ran in
 
     @property
     def key(self) -> str:
@@ -49,7 +50,12 @@ class CallResult:
 
     @property
     def inconclusive_checks(self) -> list[Check]:
-        return [c for c in enforced(self.checks, updating=self.updating) if c.status is Status.INCONCLUSIVE]
+        return [c for c in enforced(self.checks, updating=self.updating) if c.status == Status.INCONCLUSIVE]
+
+    @property
+    def counted_nothing(self) -> bool:
+        """0 MACs while ops with arithmetic ran that the counter has no formula for."""
+        return self.metrics.get("macs") == 0 and bool(self.uncounted)
 
     @property
     def failed(self) -> bool:
@@ -62,7 +68,8 @@ class CallResult:
         if self.timing:
             timing[self.timing.fingerprint] = LatencyBaseline.from_stats(self.timing).to_stored()
         return Entry(
-            metrics={m: int(self.metrics[m]) for m in RATCHETED if m in self.metrics},
+            metrics=baseline_values(self.metrics),
+            macs_by_dtype=_stored_dtypes(self.macs_by_dtype),
             modules=self.modules,
             convention=self.convention,
             timing=timing,
@@ -84,6 +91,7 @@ class CallResult:
             "has_baseline": self.has_baseline,
             "updating": self.updating,
             "timing": self.timing.to_dict() if self.timing else None,
+            "macs_by_dtype": dict(self.macs_by_dtype),
         }
 
     @classmethod
@@ -103,7 +111,14 @@ class CallResult:
             has_baseline=bool(data["has_baseline"]),
             updating=bool(data["updating"]),
             timing=TimingStats.from_dict(data["timing"]) if data["timing"] else None,
+            macs_by_dtype=dict(data["macs_by_dtype"]),
         )
+
+
+def _stored_dtypes(macs_by_dtype: Mapping[str, int]) -> dict[str, int]:
+    # Kept in budgets.yaml only where it says more than "all float32", so the entries of
+    # float models stay as they were.
+    return {} if set(macs_by_dtype) <= {"float32"} else dict(macs_by_dtype)
 
 
 def shallow_modules(by_module: Mapping[str, Any]) -> dict[str, dict[str, int]]:

@@ -46,6 +46,7 @@ class TimingSettings:
     min_time_s: float = 1.0
     precision: float = 0.01  # stop early once the median's relative standard error is below this
     cuda_graph: bool = False
+    autocast: str | None = None  # time under torch.autocast to this dtype ("bfloat16", "float16")
     min_samples: int = 10
     max_samples: int = 2000
     block_s: float = 0.01  # target duration of one timed block
@@ -248,7 +249,12 @@ def placement_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> 
     from .devices import placement
 
     return placement(
-        model, args, device=settings.device, threads=settings.threads, cuda_graph=settings.cuda_graph
+        model,
+        args,
+        device=settings.device,
+        threads=settings.threads,
+        cuda_graph=settings.cuda_graph,
+        autocast=settings.autocast,
     )
 
 
@@ -288,7 +294,10 @@ def time_forward(
         kwargs = tree_map_only(torch.Tensor, lambda t: t.to(device), kwargs)
 
         def forward() -> object:
-            return model(*args, **kwargs)
+            if settings.autocast is None:
+                return model(*args, **kwargs)
+            with torch.autocast(device.type, dtype=getattr(torch, settings.autocast)):
+                return model(*args, **kwargs)
 
         try:
             if device.type == "cuda":

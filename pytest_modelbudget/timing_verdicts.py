@@ -283,7 +283,7 @@ def measure_and_judge(
 
     def settled(current: TimingJudgement) -> bool:
         verdicts = (*current.limits, *([current.baseline] if current.baseline else []))
-        return all(v.status is Status.OK for v in verdicts)
+        return all(v.status == Status.OK for v in verdicts)
 
     current = judged()
     while not settled(current) and len(measurements) <= REMEASUREMENTS:
@@ -291,7 +291,7 @@ def measure_and_judge(
         current = judged()
     # Probes after the fact, where no ratio to the machine's speed was measured (CUDA).
     verdict = current.baseline
-    unexplained = verdict is not None and verdict.status is Status.OVER and verdict.own_slowdown is None
+    unexplained = verdict is not None and verdict.status == Status.OVER and verdict.own_slowdown is None
     if baseline is not None and baseline.probes and unexplained:
         from .probes import machine_slowdown
 

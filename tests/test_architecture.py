@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pytest_modelbudget"
 LAYERS: dict[str, tuple[str, ...]] = {
     # The entry points: the pytest plugin, the command line, the package's lazy API.
     "pytest and command line": ("plugin", "options", "session", "fixture", "__main__", "profile", "__init__"),
-    "report": ("report", "html_report", "text_table", "profile_report"),
+    "report": ("report", "html_report", "html_assets", "text_table", "profile_report"),
     "measure, budgets, baselines": (
         "measure",
         "results",
@@ -32,6 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "measuring core": (
         "counting",
         "dispatch",
+        "held",
         "mac_formulas",
         "shape_rules",
         "model_state",

@@ -36,12 +36,22 @@ def test_missing_baseline_fails_in_strict_mode(project: pytest.Pytester) -> None
     )
 
 
+SHOW_WARNINGS = ("-W", "default::pytest_modelbudget.plugin.ModelBudgetWarning")
+
+
 def test_uncounted_ops_are_listed_and_fail_in_strict_mode(project: pytest.Pytester) -> None:
     write_test(project, TEST)
-    result = project.runpytest("--model-budget")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["ops with arithmetic but no MAC formula (not counted): aten._fft_r2c x1"])
-    project.runpytest("--update-budgets")
+    result = project.runpytest("--model-budget", *SHOW_WARNINGS)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "ops with arithmetic but no MAC formula (not counted): aten._fft_r2c x1",
+            # A call that counted nothing says so loudly: its 0-MAC baseline would guard nothing.
+            "WARNING: test_model.py::test_spectral counted 0 MACs, but ops with arithmetic ran uncounted"
+            " (aten._fft_r2c x1): a baseline of 0 MACs guards nothing (--budget-strict fails such a call)",
+        ]
+    )
+    project.runpytest("--update-budgets", *SHOW_WARNINGS).assert_outcomes(passed=2, warnings=1)
     project.makeini("[pytest]\nbudget_strict = true\n")
     result = project.runpytest("--model-budget")
     result.assert_outcomes(passed=1, failed=1)
