@@ -41,6 +41,12 @@ def _parse_autocast(value: object) -> bool | str:
     raise UnitError(f"{shown(value)} is not True, False, 'bfloat16' or 'float16'")
 
 
+def parse_compile(value: object) -> object:
+    from .compiling import parse_compile  # no torch: the keywords are checked by name and type
+
+    return parse_compile(value)
+
+
 def parse_hardware(value: object) -> object:
     from .roofline import hardware
 
@@ -87,6 +93,12 @@ CALL_OPTIONS: Mapping[str, _CallOption] = {
     ),
     "hardware": _CallOption(
         parse_hardware, "preset|mapping", "hardware for max_roofline_ms: 'h100', 'a100' or a custom spec"
+    ),
+    "compile": _CallOption(
+        parse_compile,
+        "bool|mapping",
+        "measure the torch.compile'd model: True, or torch.compile keywords "
+        "({'mode': 'max-autotune', 'backend': 'aot_eager', ...}); see docs/compile.md",
     ),
 }
 KEYWORDS: tuple[str, ...] = (*METRICS_BY_KEYWORD, TOLERANCE_KEYWORD, *CALL_OPTIONS)
@@ -140,8 +152,11 @@ def parse_budget(kwargs: Mapping[str, object], *, args: Iterable[object] = ()) -
                 limits[metric.name] = metric.parse(value)
         except UnitError as error:
             raise BudgetSpecError(f"{keyword}={shown(value)}: {error}") from None
-        if metric is not None and limits[metric.name] <= 0:
-            raise BudgetSpecError(f"{keyword}={shown(value)}: a limit must be greater than zero")
+        if metric is not None and (
+            limits[metric.name] < 0 or (limits[metric.name] == 0 and not metric.zero_allowed)
+        ):
+            least = "zero or more" if metric.zero_allowed else "greater than zero"
+            raise BudgetSpecError(f"{keyword}={shown(value)}: a limit must be {least}")
     return Budget(limits=limits, tolerance=tolerance, options=options)
 
 
@@ -190,6 +205,7 @@ class CallSettings:
     latency_stat: str = "median"
     latency_tolerance: float = 0.10
     hardware: str | None = None  # roofline preset when the budget names none
+    compile: bool = False  # --budget-compile: compile every budgeted call without compile=False
 
 
 @dataclass(frozen=True)
@@ -211,6 +227,10 @@ class CallBudget:
     autocast: bool | str = False  # measure under torch.autocast: True, or the dtype to cast to
     update: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
     strict: bool = False  # --budget-strict (never while updating)
+    # torch.compile keyword arguments when the call is compiled ({} for the defaults), else None;
+    # an already compiled model is measured as given unless compile=False says eager.
+    compile: Mapping[str, Any] | None = None
+    eager: bool = False  # compile=False: an already compiled model is measured as its eager module
 
     def limits_of(self, metric: str) -> tuple[Limit, ...]:
         return tuple(limit for limit in self.limits if limit.metric == metric)
@@ -249,4 +269,12 @@ def resolve(marker: Budget, file_limits: Budget | None, settings: CallSettings) 
         autocast=options.get("autocast", False),
         update=settings.update,
         strict=settings.strict and not settings.update,
+        compile=_compile_options(options.get("compile", settings.compile)),
+        eager=options.get("compile") is False,
     )
+
+
+def _compile_options(value: object) -> Mapping[str, Any] | None:
+    if value is False:
+        return None
+    return dict(value) if isinstance(value, Mapping) else {}

@@ -18,7 +18,6 @@ from .budgets import CallBudget, Limit, Source
 from .metrics import METRICS_BY_NAME, RATCHETED
 from .units import format_change
 
-
 # The enums here are str-valued and compared with ==, never `is`: equal by value also when
 # this module was imported twice (pytester's in-process runs re-import the plugin).
 

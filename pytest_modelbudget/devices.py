@@ -113,8 +113,13 @@ def placement(
     threads: int,
     cuda_graph: bool,
     autocast: str | None = None,
+    compiled: str | None = None,
 ) -> Placement:
-    """The device (``device``, else the model's), thread count and fingerprint of a timed call."""
+    """The device (``device``, else the model's), thread count and fingerprint of a timed call.
+
+    ``compiled``: the mode of a compiled call (``compiled``, ``compiled:max-autotune``), so its
+    latency is never compared with the eager baseline of the same model.
+    """
     import torch
 
     from .errors import MeasurementError
@@ -123,7 +128,12 @@ def placement(
     if where.type == "cuda" and not torch.cuda.is_available():
         raise MeasurementError(f"cannot time on {where}: CUDA is not available on this machine")
     cpu_threads = threads if where.type == "cpu" else None
-    mode = "cuda-graph" if cuda_graph else "eager"
+    if compiled and cuda_graph:
+        raise MeasurementError(
+            "cuda_graph and compile cannot be combined; use compile={'mode': 'reduce-overhead'}, "
+            "torch.compile's own CUDA graphs"
+        )
+    mode = compiled or ("cuda-graph" if cuda_graph else "eager")
     dtype = f"{autocast} autocast" if autocast else dtype_name(_dtype_of(model, args))
     key = fingerprint(where, threads=cpu_threads or torch.get_num_threads(), dtype=dtype, mode=mode)
     return Placement(where, cpu_threads, key)

@@ -20,6 +20,7 @@ import pytest
 from . import report
 from .baselines import NAME_SEPARATOR, entry_key
 from .budgets import Budget
+from .compiling import CompileError
 from .errors import MeasurementError
 from .measure import measure_call
 from .options import BUDGET_KEY, CALLS_KEY, ModelBudgetWarning
@@ -39,6 +40,9 @@ class ModelBudget:
     def __init__(self, item: pytest.Item) -> None:
         self._item = item
         self._session = item.config.stash.get(SESSION_KEY, None)
+        # (model, args, kwargs) of this test's calls: a compiled call replays the earlier
+        # inputs of its model in its own clean dynamo state, so recompiles across calls show.
+        self._calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
 
     def __call__(self, model: Any, *args: Any, name: str | None = None, **kwargs: Any) -> Measurement | None:
         """Measure ``model(*args, **kwargs)``; ``name`` tells apart several calls in one test."""
@@ -107,11 +111,15 @@ class ModelBudget:
                 entry=session.entries.get(key),
                 settings=session.call_settings,
                 progress=self._progress(),
+                earlier_inputs=[(a, k) for m, a, k in self._calls if m is model],
             )
+        except CompileError as error:
+            raise pytest.fail.Exception(f"model_budget: {key}: {error}", pytrace=False) from None
         except MeasurementError as error:
             raise pytest.fail.Exception(f"model_budget: {error}", pytrace=False) from None
         except Exception as error:  # the model's own error, shown as such
             raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
+        self._calls.append((model, args, kwargs))
         session.results.append(result)
         self._item.user_properties.extend(report.junit_properties(result))
         self._share_with_pytest_benchmark(result)

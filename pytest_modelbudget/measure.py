@@ -8,7 +8,7 @@ report layer word them and turns them into a pass, a failure or a warning.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from .metrics import Readings, read_all
 from .results import CallResult, Measurement, shallow_modules
 
 if TYPE_CHECKING:
+    from .compiling import CompileStats, Inputs
     from .counting import Counts
     from .timing import Progress, TimingStats
     from .timing_verdicts import TimingJudgement
@@ -38,36 +39,55 @@ def measure_call(
     entry: Entry | None,
     settings: CallSettings,
     progress: Progress | None = None,
+    earlier_inputs: Sequence[Inputs] = (),
 ) -> tuple[CallResult, Measurement]:
     """Count (and time, when the budget asks for it) one forward pass and judge it.
+
+    A compiled call (``compile`` option, ``--budget-compile``, or a model the user compiled)
+    counts the eager model, compiles it in a clean dynamo state, runs it on ``earlier_inputs``
+    (the inputs of this test's earlier calls of the same model, so their recompiles show) and
+    on this call's inputs, and times the compiled model.
 
     Raises :class:`~.errors.MeasurementError` when the model cannot be measured; an
     exception from the model's own forward propagates unchanged.
     """
+    from .compiling import eager_model, is_compiled
     from .counting import count, require_module  # imports torch: only when a model is measured
     from .devices import target_device
 
     require_module(model)
     budget = resolve(marker, entry.budget if entry else None, settings)
-    device = target_device(model, args, budget.timing.device)
-    on_cuda = device.type == "cuda"
+    compiled_as_given = is_compiled(model) and budget.compile is None and not budget.eager
+    eager = eager_model(model)
+    on_cuda = target_device(eager, args, budget.timing.device).type == "cuda"
     if budget.autocast:  # True: the usual half dtype of the device
         dtype = budget.autocast if isinstance(budget.autocast, str) else "float16" if on_cuda else "bfloat16"
         budget = replace(budget, timing=replace(budget.timing, autocast=dtype))
-    counts = count(model, args, kwargs, autocast=budget.timing.autocast)
+    counts = count(eager, args, kwargs, autocast=budget.timing.autocast)
     judgement: TimingJudgement | None = None
     timed_limits: tuple[Limit, ...] = ()
     timing: TimingStats | None = None
+    compiled: CompileStats | None = None
     if budget.timed:
         timed_limits = tuple(limit for limit in budget.limits if limit.metric in ("latency_ms", "throughput"))
-        judgement, timing = _time(model, args, kwargs, budget, timed_limits, entry, progress)
+    if budget.compile is not None or compiled_as_given:
+        from .compiling import compile_session
+
+        with compile_session(model, None if compiled_as_given else budget.compile) as session:
+            compiled = session.run([*earlier_inputs, (args, kwargs)])
+            if budget.timed:
+                timed = replace(budget, timing=replace(budget.timing, compiled=session.label))
+                judgement, timing = _time(session.fn, args, kwargs, timed, timed_limits, entry, progress)
+    elif budget.timed:
+        judgement, timing = _time(eager, args, kwargs, budget, timed_limits, entry, progress)
     readings = Readings(
         counts=counts,
         timing=timing,
         roofline_ms=_roofline_ms(counts, budget),
-        cuda_memory=_cuda_memory(model, args, kwargs, budget, timing) if on_cuda else None,
+        cuda_memory=_cuda_memory(eager, args, kwargs, budget, timing) if on_cuda else None,
         on_cuda=on_cuda,
-        max_batch=_max_batch(model, args, kwargs, budget),
+        max_batch=_max_batch(eager, args, kwargs, budget),
+        compiled=compiled,
     )
     measured = read_all(readings)
     has_baseline = entry is not None and bool(entry.metrics)
@@ -96,8 +116,11 @@ def measure_call(
         updating=budget.update,
         timing=timing,
         macs_by_dtype=dict(counts.macs_by_dtype),
+        compiled=compiled,
     )
-    measurement = Measurement(key=entry_key(nodeid, name), counts=counts, checks=checks, timing=timing)
+    measurement = Measurement(
+        key=entry_key(nodeid, name), counts=counts, checks=checks, timing=timing, compiled=compiled
+    )
     return result, measurement
 
 

@@ -23,13 +23,16 @@ from .units import (
     format_count,
     format_duration,
     format_rate,
+    format_seconds,
     parse_bytes,
     parse_count,
     parse_duration_ms,
+    parse_duration_s,
     parse_rate,
 )
 
 if TYPE_CHECKING:
+    from .compiling import CompileStats
     from .counting import Counts
     from .timing import TimingStats
 
@@ -38,12 +41,14 @@ _PARSERS: dict[str, Callable[[object], float]] = {
     "bytes": parse_bytes,
     "ms": parse_duration_ms,
     "rate": parse_rate,
+    "s": parse_duration_s,
 }
 _FORMATTERS: dict[str, Callable[[float], str]] = {
     "count": format_count,
     "bytes": format_bytes,
     "ms": format_duration,
     "rate": format_rate,
+    "s": format_seconds,
 }
 
 
@@ -57,6 +62,7 @@ class Readings:
     cuda_memory: int | None = None  # CUDA allocator peak of one forward, when measured there
     on_cuda: bool = False
     max_batch: int | None = None  # when min_max_batch asked for the search
+    compiled: CompileStats | None = None  # when the call was compiled (compile=True)
 
 
 # Float dtypes of 16 bits or more: where a quantized model's MACs run when they fall back.
@@ -78,7 +84,7 @@ class Metric:
 
     name: str
     keyword: str
-    unit: str  # "count", "bytes", "ms" or "rate"
+    unit: str  # "count", "bytes", "ms", "s" or "rate"
     description: str
     read: Callable[[Readings], float | None]  # None: not measured in this call
     ratcheted: bool = False  # kept as a baseline in budgets.yaml and never allowed to grow
@@ -86,6 +92,7 @@ class Metric:
     higher_is_better: bool = False  # the limit is a minimum (throughput), not a maximum
     # A ratcheted metric is stored only where this holds of the call's values (default: always).
     stored_if: Callable[[Mapping[str, float]], bool] | None = None
+    zero_allowed: bool = False  # a limit of 0 means "none at all" (graph breaks), not a mistake
 
     def parse(self, value: object) -> float:
         return _PARSERS[self.unit](value)
@@ -182,6 +189,48 @@ METRICS: tuple[Metric, ...] = (
         read=lambda r: r.max_batch,
         timed=True,
         higher_is_better=True,
+    ),
+    # Compiled calls (compile=True): dynamo's own records, deterministic for given code and torch.
+    Metric(
+        "graph_breaks",
+        "max_graph_breaks",
+        "count",
+        "places where torch.compile split the graph (compiled calls)",
+        read=lambda r: len(r.compiled.graph_breaks) if r.compiled else None,
+        ratcheted=True,
+        zero_allowed=True,
+    ),
+    Metric(
+        "graphs",
+        "max_graphs",
+        "count",
+        "graphs torch.compile compiled (compiled calls)",
+        read=lambda r: r.compiled.graphs if r.compiled else None,
+        ratcheted=True,
+    ),
+    Metric(
+        "recompiles",
+        "max_recompiles",
+        "count",
+        "extra compilations: guards that failed on later inputs (compiled calls)",
+        read=lambda r: len(r.compiled.recompiles) if r.compiled else None,
+        ratcheted=True,
+        zero_allowed=True,
+    ),
+    Metric(
+        "kernels",
+        "max_kernels",
+        "count",
+        "kernels inductor generated (compiled calls, inductor backend)",
+        read=lambda r: r.compiled.kernels if r.compiled else None,
+        ratcheted=True,
+    ),
+    Metric(
+        "compile_s",
+        "max_compile_s",
+        "s",
+        "time to compile (wall time: limited, never ratcheted)",
+        read=lambda r: r.compiled.compile_s if r.compiled else None,
     ),
 )
 METRICS_BY_NAME = {m.name: m for m in METRICS}

@@ -40,6 +40,7 @@ class Settings(NamedTuple):
     latency_stat: str
     latency_tolerance: float
     hardware: str | None
+    compile: bool = False
     json_report: Path | None = None
     markdown_report: Path | None = None
     html_report: Path | None = None
@@ -63,6 +64,7 @@ class Settings(NamedTuple):
             latency_stat=self.latency_stat,
             latency_tolerance=self.latency_tolerance,
             hardware=self.hardware,
+            compile=self.compile,
         )
 
 
@@ -120,6 +122,12 @@ OPTIONS: tuple[tuple[str, str, str, bool | str], ...] = (
         "10%",
     ),
     ("--budget-hardware", "budget_hardware", "hardware for max_roofline_ms: h100, a100", ""),
+    (
+        "--budget-compile",
+        "budget_compile",
+        "measure every budgeted call torch.compile'd (unless its marker says compile=False)",
+        False,
+    ),
     ("--budget-json", "budget_json", "write every measurement, limit and verdict as JSON here", ""),
     (
         "--budget-markdown",
@@ -187,6 +195,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
             latency_stat=parse_stat(value("budget_latency_stat")),
             latency_tolerance=parse_fraction(value("budget_latency_tolerance")),
             hardware=hardware,
+            compile=bool(value("budget_compile")),
             json_report=path_option("budget_json"),
             markdown_report=path_option("budget_markdown"),
             html_report=path_option("budget_html"),

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .checks import Check, Status, StrictRule, Verdict
+from .compiling import GraphBreak
 from .metrics import METRICS_BY_NAME
 from .results import CallResult
 from .text_table import text_table
@@ -113,6 +114,7 @@ def _broken_budget_lines(result: CallResult, budgets_file: str) -> Iterator[str]
     for check in failed:
         yield f"  {describe(check)}"
     yield from _grown_modules(result, failed)
+    yield from compile_lines(result, {c.metric for c in failed})
     if any(c.is_baseline for c in failed):
         yield (
             f"If this growth is intended, accept it as the new baseline in {budgets_file}: "
@@ -148,6 +150,32 @@ def _grown_modules(result: CallResult, failed: Sequence[Check]) -> Iterator[str]
         ]
         if parts:
             yield f"  modules that grew ({metric}): " + ", ".join(parts)
+
+
+def compile_lines(result: CallResult, metrics: Iterable[str]) -> Iterator[str]:
+    """Where each graph break is and why, and which guard failed for each recompile."""
+    compiled = result.compiled
+    metrics = set(metrics)
+    if compiled is None:
+        return
+    if metrics & {"graph_breaks", "graphs", "kernels"}:
+        yield from graph_break_lines(compiled.graph_breaks)
+    if "recompiles" in metrics:
+        for recompile in compiled.recompiles:
+            yield (
+                f"  recompile of {recompile.function} ({recompile.filename}:{recompile.lineno}): "
+                f"guard failed: {recompile.guard}"
+            )
+
+
+def graph_break_lines(breaks: Sequence[GraphBreak]) -> Iterator[str]:
+    """``graph break at model.py:12: Data-dependent branching`` with the line and dynamo's explanation."""
+    for number, found in enumerate(breaks, 1):
+        yield f"  graph break {number} at {found.filename}:{found.lineno}: {found.reason}"
+        if found.line:
+            yield f"      {found.line}"
+        if found.explanation:
+            yield f"      ({found.explanation})"
 
 
 @dataclass(frozen=True)
@@ -315,6 +343,7 @@ def json_report(
                 "uncounted": dict(result.uncounted),
                 "timing": result.timing.to_dict() if result.timing else None,
                 "macs_by_dtype": dict(result.macs_by_dtype),
+                "compiled": result.compiled.to_dict() if result.compiled else None,
             }
         )
     return {

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .baselines import ROOT_MODULE, Entry, entry_key
 from .checks import Check, Status, StrictRule, Verdict, enforced
+from .compiling import CompileStats
 from .metrics import baseline_values
 from .timing import TimingStats
 from .timing_verdicts import LatencyBaseline
@@ -39,6 +40,7 @@ class CallResult:
     updating: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
     timing: TimingStats | None = None  # the measurement judged (or recorded), when timed
     macs_by_dtype: Mapping[str, int] = field(default_factory=dict)  # the dtypes the MACs ran in
+    compiled: CompileStats | None = None  # graph breaks, recompiles, ... of a compiled call
 
     @property
     def key(self) -> str:
@@ -92,6 +94,7 @@ class CallResult:
             "updating": self.updating,
             "timing": self.timing.to_dict() if self.timing else None,
             "macs_by_dtype": dict(self.macs_by_dtype),
+            "compiled": self.compiled.to_dict() if self.compiled else None,
         }
 
     @classmethod
@@ -112,6 +115,7 @@ class CallResult:
             updating=bool(data["updating"]),
             timing=TimingStats.from_dict(data["timing"]) if data["timing"] else None,
             macs_by_dtype=dict(data["macs_by_dtype"]),
+            compiled=CompileStats.from_dict(data["compiled"]) if data.get("compiled") else None,
         )
 
 
@@ -138,6 +142,15 @@ class Measurement:
     counts: Counts
     checks: tuple[Check, ...]
     timing: TimingStats | None = None  # only when the budget asked for timing
+    compiled: CompileStats | None = None  # only for a compiled call
+
+    @property
+    def graph_breaks(self) -> int | None:
+        return len(self.compiled.graph_breaks) if self.compiled else None
+
+    @property
+    def recompiles(self) -> int | None:
+        return len(self.compiled.recompiles) if self.compiled else None
 
     @property
     def latency_ms(self) -> float | None:

@@ -47,6 +47,7 @@ class TimingSettings:
     precision: float = 0.01  # stop early once the median's relative standard error is below this
     cuda_graph: bool = False
     autocast: str | None = None  # time under torch.autocast to this dtype ("bfloat16", "float16")
+    compiled: str | None = None  # the mode of a compiled call's fingerprint; None: eager
     min_samples: int = 10
     max_samples: int = 2000
     block_s: float = 0.01  # target duration of one timed block
@@ -255,6 +256,7 @@ def placement_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> 
         threads=settings.threads,
         cuda_graph=settings.cuda_graph,
         autocast=settings.autocast,
+        compiled=settings.compiled,
     )
 
 
@@ -300,6 +302,11 @@ def time_forward(
                 return model(*args, **kwargs)
 
         try:
+            if settings.compiled:
+                # Whatever is left to compile here (another device, another grad mode) is
+                # compiled now, not timed: run_rounds' warm-up and time budget are for running.
+                for _ in range(2):
+                    forward()
             if device.type == "cuda":
                 peak = forward_peak_memory(forward, device)
                 call = _capture_cuda_graph(forward) if settings.cuda_graph else forward

@@ -46,8 +46,12 @@ _NUMBER_WITH_UNIT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
 
 _DURATION_UNITS: dict[str, float] = {"": 1.0, "MS": 1.0, "S": 1e3, "US": 1e-3, "NS": 1e-6}
 
+# Seconds, for compile times: a bare number is seconds here.
+_SECOND_UNITS: dict[str, float] = {unit: factor / 1e3 for unit, factor in _DURATION_UNITS.items()} | {"": 1.0}
+
 COUNT_FORMAT = "a number or a string with an SI suffix, e.g. 1329000, '4.1G', '25M', '300k'"
 DURATION_FORMAT = "milliseconds as a number, or a string with a unit, e.g. 12, '12ms', '1.5s', '300us'"
+SECONDS_FORMAT = "seconds as a number, or a string with a unit, e.g. 30, '30s', '1500ms'"
 RATE_FORMAT = "items per second as a number or a string, e.g. 250, '1.2k', '1.2k/s'"
 BYTES_FORMAT = "a number of bytes or a string with a unit, e.g. '1.5 GB', '300 MiB', '512 KB'"
 FRACTION_FORMAT = "a non-negative number (0.05) or a percentage string ('5%')"
@@ -102,6 +106,11 @@ def parse_bytes(value: object) -> float:
 def parse_duration_ms(value: object) -> float:
     """A duration in milliseconds: ``12``, ``"12ms"``, ``"1.5 s"``, ``"300us"``."""
     return _parse_with_unit(value, _DURATION_UNITS, DURATION_FORMAT)
+
+
+def parse_duration_s(value: object) -> float:
+    """A duration in seconds: ``30``, ``"30s"``, ``"1500ms"``."""
+    return _parse_with_unit(value, _SECOND_UNITS, SECONDS_FORMAT)
 
 
 def parse_rate(value: object) -> float:
@@ -211,6 +220,11 @@ def format_duration(ms: float) -> str:
     if ms >= 1:
         return f"{ms:.3g} ms"
     return f"{ms * 1e3:.3g} us"
+
+
+def format_seconds(seconds: float) -> str:
+    """``2.5`` -> ``"2.5 s"``."""
+    return format_duration(seconds * 1e3)
 
 
 def format_rate(per_second: float) -> str:

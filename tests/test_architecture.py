@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "probes",
         "roofline",
         "benchmark_timer",
+        "compiling",
     ),
     "ground": ("errors",),
 }
