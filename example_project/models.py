@@ -68,3 +68,17 @@ class TinyGPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+
+def int8_simple_model() -> nn.Module:
+    """SimpleModel with its linear layers quantized to int8 by torchao (weights and activations).
+
+    torchao quantizes linear layers; the convolutions stay in float32, which the budget
+    below the test says how much of is allowed.
+    """
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    torch.manual_seed(0)
+    model = SimpleModel().eval()
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    return model

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from example_project.models import SimpleModel, TinyGPT
+from example_project.models import SimpleModel, TinyGPT, int8_simple_model
 
 
 # Latency is judged against the baseline of this kind of machine (see budgets.yaml,
@@ -35,3 +35,10 @@ def test_mobilenet_batch_sizes(model_budget):
     model = torchvision.models.mobilenet_v3_small(weights=None).eval()
     model_budget(model, torch.randn(1, 3, 224, 224), name="batch1")
     model_budget(model, torch.randn(8, 3, 224, 224), name="batch8")
+
+
+# Quantized: the linear layers' MACs stay int8 (their float fallback would exceed the
+# float-MACs limit and the float_macs baseline), and the model stays small.
+@pytest.mark.model_budget(max_float_macs="400k", max_size="1.5 MB")
+def test_simple_model_int8(model_budget):
+    model_budget(int8_simple_model(), torch.randn(1, 1, 28, 28))

@@ -16,7 +16,10 @@ PROFILE_DESCRIPTION = """\
 Build a model from MODULE:FACTORY (a callable taking no arguments, or a class), run one
 forward pass on random inputs in eval mode (counted on the meta device where it can be: no arithmetic),
 and print a per-module table, the totals, the ops the counter has no formula for, and a
-@pytest.mark.model_budget(...) line with headroom, ready to paste into a test.
+@pytest.mark.model_budget(...) line with headroom, ready to paste into a test. With --compile,
+also compile the model with torch.compile (in a clean dynamo state; the counts stay the eager
+model's) and print its graphs, graph breaks (dynamo's reason and your file:line), recompiles
+(the guard that failed), kernels (inductor only) and compile time.
 """
 
 PROFILE_EPILOG = """\
@@ -24,10 +27,12 @@ examples:
   python -m pytest_modelbudget profile torchvision.models:resnet50 --input 1x3x224x224
   python -m pytest_modelbudget profile mypkg.models:build_model --input 1x128:int64 --depth 2
   python -m pytest_modelbudget profile mypkg.models:HugeModel --input 1x4096:int64 --device meta
+  python -m pytest_modelbudget profile mypkg.models:build_model --input 8x128 --compile-backend eager
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compiling import DEFAULT_BACKEND
     from .profile import DEFAULT_DEPTH, DEFAULT_HEADROOM
 
     parser = argparse.ArgumentParser(
@@ -73,12 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{h100,a100}",
         help="add a roofline latency estimate per module on this hardware, and the memory-bound ops",
     )
+    profile.add_argument(
+        "--compile",
+        action="store_true",
+        help="also compile the model with torch.compile and print its graphs, graph breaks, recompiles, "
+        "kernels and compile time",
+    )
+    profile.add_argument(
+        "--compile-backend",
+        default=None,
+        metavar="NAME",
+        help=f"torch.compile backend for --compile (implies it): {DEFAULT_BACKEND} (default), eager, "
+        "aot_eager, ...",
+    )
     profile.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .compiling import DEFAULT_BACKEND
     from .profile import ProfileError, run
 
     try:
@@ -90,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             headroom=args.headroom,
             as_json=args.json,
             hardware=args.hardware,
+            compile_backend=(
+                args.compile_backend
+                if args.compile_backend is not None
+                else (DEFAULT_BACKEND if args.compile else None)
+            ),
         )
     except ProfileError as error:
         print(f"{PROG} profile: error: {error}", file=sys.stderr)

@@ -123,6 +123,7 @@ METRICS: tuple[Metric, ...] = (
         "MACs that ran in a 16-to-64-bit float dtype: in a quantized model, what fell back to float",
         read=_float_macs,
         ratcheted=True,
+        zero_allowed=True,  # max_float_macs=0: every MAC stays in its quantized dtype
         # Kept only where some MACs run in another dtype (quantized, float8): for a float
         # model it would repeat `macs`.
         stored_if=lambda values: values["float_macs"] != values["macs"],

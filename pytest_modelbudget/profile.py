@@ -3,7 +3,10 @@
 ``python -m pytest_modelbudget profile torchvision.models:resnet50 --input 1x3x224x224``
 imports a factory, builds the model, counts one forward pass and describes it: a table
 per module, the totals, the ops the counter has no formula for, and a
-``@pytest.mark.model_budget(...)`` line with headroom, ready to paste into a test.
+``@pytest.mark.model_budget(...)`` line with headroom, ready to paste into a test. With
+``--compile`` it also compiles the model (:mod:`pytest_modelbudget.compiling`, in a clean
+dynamo state) and reports its graphs, graph breaks, recompiles, kernels and compile time;
+the counts are still those of the eager model.
 
 This module parses the arguments, builds the model and counts it into a
 :class:`~pytest_modelbudget.profile_result.Profile`; :mod:`pytest_modelbudget.profile_report`
@@ -32,6 +35,7 @@ from .units import parse_fraction
 if TYPE_CHECKING:
     import torch
 
+    from .compiling import CompileStats
     from .counting import Counts
 
 _T = TypeVar("_T")
@@ -248,8 +252,9 @@ def profile_model(
     device: str = "cpu",
     headroom: str = DEFAULT_HEADROOM,
     hardware: str | None = None,
+    compile_backend: str | None = None,
 ) -> Profile:
-    """Parse the arguments, build the model, count one forward pass."""
+    """Parse the arguments, build the model, count one forward pass (and compile it, if asked)."""
     module_name, attribute = parse_target(target)
     specs = tuple(parse_input(text) for text in inputs)
     if not specs:
@@ -258,6 +263,8 @@ def profile_model(
     device = parse_device(device)
     room = parse_option("--headroom", parse_fraction, headroom)
     spec = parse_option("--hardware", hardware_spec, hardware) if hardware else None
+    if compile_backend is not None and device == "meta":
+        raise ProfileError("--compile runs the model: profile it with --device cpu or cuda, not meta")
     factory = load_factory(module_name, attribute)
 
     from .counting import count
@@ -281,6 +288,7 @@ def profile_model(
         if "indices" in str(error) and any(spec.dtype.startswith(("float", "bfloat")) for spec in specs):
             hint = "; token ids need an integer input, e.g. --input 1x128:int64"
         raise ProfileError(f"the forward of {target} raised {_one_line(error)}{hint}") from None
+    compiled = compile_model(model, tensors, compile_backend) if compile_backend is not None else None
     return Profile(
         target=target,
         inputs=specs,
@@ -291,7 +299,27 @@ def profile_model(
         rows=module_rows(model, counts, depth),
         notes=tuple(notes),
         roofline=estimate(counts.ops, spec) if spec else None,
+        compile_backend=compile_backend,
+        compiled=compiled,
     )
+
+
+def compile_model(model: torch.nn.Module, tensors: Sequence[torch.Tensor], backend: str) -> CompileStats:
+    """``torch.compile(model, backend=backend)`` run on ``tensors`` in a clean dynamo state.
+
+    Run twice, as a budgeted call is: a recompile on the second run is a guard that never holds.
+
+    The model is left as it was. A backend that is not installed, or a model the compiler
+    fails on, is a :class:`ProfileError` with the compiler's message folded onto one line.
+    """
+    from .compiling import CompileError, compile_session
+
+    try:
+        with compile_session(model, {"backend": backend}) as session:
+            return session.run([(tuple(tensors), {})])
+    except CompileError as error:
+        # The compiler's own message (at most a few lines), whole: it lists the installed backends.
+        raise ProfileError(f"--compile: {_folded(error, limit=1000)}") from None
 
 
 def run(
@@ -303,9 +331,21 @@ def run(
     headroom: str = DEFAULT_HEADROOM,
     as_json: bool = False,
     hardware: str | None = None,
+    compile_backend: str | None = None,
 ) -> list[str]:
-    """The command's output lines; raises :class:`ProfileError` for anything the user can fix."""
-    profile = profile_model(target, inputs, depth=depth, device=device, headroom=headroom, hardware=hardware)
+    """The command's output lines; raises :class:`ProfileError` for anything the user can fix.
+
+    ``compile_backend``: also compile the model with this ``torch.compile`` backend.
+    """
+    profile = profile_model(
+        target,
+        inputs,
+        depth=depth,
+        device=device,
+        headroom=headroom,
+        hardware=hardware,
+        compile_backend=compile_backend,
+    )
     if as_json:
         return [json.dumps(to_json(profile), indent=2)]
     return list(render_lines(profile))
@@ -313,7 +353,11 @@ def run(
 
 def _one_line(error: BaseException) -> str:
     """``TypeError: message`` with the message folded onto one line."""
-    message = " ".join(str(error).split())
-    if len(message) > 400:
-        message = message[:397] + "..."
+    message = _folded(error)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _folded(error: BaseException, limit: int = 400) -> str:
+    """The error's message on one line, cut at ``limit`` characters."""
+    message = " ".join(str(error).split())
+    return message[: limit - 3] + "..." if len(message) > limit else message

@@ -9,10 +9,12 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .baselines import ROOT_MODULE
+from .report import graph_break_lines
 from .text_table import text_table
-from .units import format_bytes, format_count, format_duration
+from .units import format_bytes, format_count, format_duration, format_seconds
 
 if TYPE_CHECKING:
+    from .compiling import CompileStats
     from .profile_result import Profile
 
 
@@ -22,7 +24,7 @@ def marker_line(limits: Mapping[str, str]) -> str:
 
 
 def render_lines(profile: Profile) -> Iterator[str]:
-    """The human-readable profile: header, module table, totals, uncounted ops, marker."""
+    """The human-readable profile: header, module table, totals, uncounted ops, marker, compile figures."""
     counts = profile.counts
     inputs = ", ".join(str(spec) for spec in profile.inputs)
     yield f"{profile.target}, inputs {inputs}, eval mode, counted on {counts.executed_on}"
@@ -45,6 +47,31 @@ def render_lines(profile: Profile) -> Iterator[str]:
         yield marker_line(limits)
     else:
         yield "suggested budget: none (the model has no MACs, params or size to limit)"
+    if profile.compiled is not None:
+        yield ""
+        yield from _compile_section(profile.compiled, profile.compile_backend)
+
+
+def _compile_section(compiled: CompileStats, backend: str | None) -> Iterator[str]:
+    """``--compile``: the figures a compiled budget limits, then where each break is and why."""
+    kernels = "-  (inductor only)" if compiled.kernels is None else str(compiled.kernels)
+    figures = [
+        ("graphs", str(compiled.graphs)),
+        ("graph breaks", str(len(compiled.graph_breaks))),
+        ("recompiles", str(len(compiled.recompiles))),
+        ("kernels", kernels),
+        ("compile time", format_seconds(compiled.compile_s)),
+    ]
+    width = max(len(name) for name, _ in figures)
+    yield f"compiled (torch.compile, backend {backend}; the counts above are the eager model's)"
+    for name, value in figures:
+        yield f"  {name:<{width}}  {value}"
+    yield from graph_break_lines(compiled.graph_breaks)
+    for recompile in compiled.recompiles:
+        yield (
+            f"  recompile of {recompile.function} ({recompile.filename}:{recompile.lineno}): "
+            f"guard failed: {recompile.guard}"
+        )
 
 
 def _module_table(profile: Profile) -> Iterator[str]:
@@ -175,6 +202,9 @@ def to_json(profile: Profile) -> dict[str, Any]:
             }
             if profile.roofline
             else None
+        ),
+        "compiled": (
+            {"backend": profile.compile_backend, **profile.compiled.to_dict()} if profile.compiled else None
         ),
     }
 

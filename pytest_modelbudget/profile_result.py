@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .budgets import METRICS_BY_NAME, parse_budget
 
 if TYPE_CHECKING:
+    from .compiling import CompileStats
     from .counting import Counts
     from .roofline import RooflineEstimate
 
@@ -60,6 +61,8 @@ class Profile:
     rows: tuple[ModuleRow, ...]
     notes: tuple[str, ...] = ()
     roofline: RooflineEstimate | None = None  # with --hardware
+    compile_backend: str | None = None  # with --compile: the torch.compile backend
+    compiled: CompileStats | None = None  # with --compile: what compiling the model recorded
 
     def roofline_ms(self, path: str) -> float:
         """Roofline time of a module and its children ("" is the model's own ops)."""

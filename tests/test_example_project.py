@@ -10,7 +10,9 @@ from types import ModuleType
 import pytest
 import torch
 
-# Imported before any in-process pytester run: torchvision registers its ops once per process.
+# Imported before any in-process pytester run: torchvision and torchao register their ops
+# once per process.
+import torchao.quantization  # noqa: F401
 import torchvision  # noqa: F401
 
 from pytest_modelbudget import baselines
@@ -18,6 +20,7 @@ from pytest_modelbudget.counting import count
 
 REPO = Path(__file__).resolve().parents[1]
 SIMPLE = "example_project/test_models.py::test_simple_model"
+SIMPLE_INT8 = "example_project/test_models.py::test_simple_model_int8"
 
 
 @pytest.fixture
@@ -60,8 +63,8 @@ def test_simple_model_counts_match_the_hand_computed_numbers() -> None:
 def test_committed_baselines_are_current(example: pytest.Pytester) -> None:
     # Counts only: timing verdicts depend on this machine; tests/test_timing_budgets.py covers them.
     result = example.runpytest("example_project", "--model-budget", "--budget-strict", "--budget-no-timing")
-    result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines(["6 measured call(s): 6 ok"])
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["7 measured call(s): 7 ok"])
     assert "stale" not in result.stdout.str()
 
 
@@ -72,7 +75,7 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
     original = path.read_text()
     monkeypatch.setenv("EXAMPLE_WIDEN", "1")
     result = example.runpytest("example_project", "--model-budget", "--budget-no-timing")
-    result.assert_outcomes(passed=4, failed=1)
+    result.assert_outcomes(passed=4, failed=2)  # the float model and its int8 version
     result.stdout.fnmatch_lines(
         [
             f"*model budget exceeded for {SIMPLE}:",
@@ -83,13 +86,15 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
             f"*pytest --model-budget --update-budgets {SIMPLE}",
         ]
     )
-    example.runpytest("example_project", "--update-budgets", "--budget-no-timing").assert_outcomes(passed=5)
+    example.runpytest("example_project", "--update-budgets", "--budget-no-timing").assert_outcomes(passed=6)
     before, after = baselines.parse(original.encode(), "old"), baselines.load(path).entries
-    assert [key for key in before if before[key] != after[key]] == [SIMPLE]
+    assert [key for key in before if before[key] != after[key]] == [SIMPLE, SIMPLE_INT8]
     changed = [line for line in after_lines(path) if line not in original.splitlines()]
-    assert len(changed) == 7  # macs, params, size, fc1 macs+params, fc2 macs+params
+    # Each: macs, params, size, fc1 macs+params, fc2 macs+params; the int8 one also its
+    # int8 MACs (the float MACs, the convolutions', did not change).
+    assert len(changed) == 7 + 8
     assert before.keys() == after.keys()
-    example.runpytest("example_project", "--model-budget", "--budget-no-timing").assert_outcomes(passed=5)
+    example.runpytest("example_project", "--model-budget", "--budget-no-timing").assert_outcomes(passed=6)
 
 
 def after_lines(path: Path) -> list[str]:

@@ -2,7 +2,8 @@
 
 Subprocesses are few (each one imports torch): one profile of resnet50, one pytester run
 that pastes its marker line into a test, and two runs that check the exit code and the
-one-line error of the real command. Everything else calls ``main()`` in-process.
+one-line error of the real command. Everything else calls ``main()`` in-process; the few
+``--compile`` runs use the "eager" backend (dynamo's graph capture, no code generation).
 """
 
 from __future__ import annotations
@@ -73,7 +74,27 @@ NOT_CALLABLE = 3
 
 def bad_forward():
     return nn.Linear(5, 3)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if y.sum() > 0:  # data-dependent: dynamo breaks the graph here
+            return y.relu()
+        return y * 2
+
+
+class Relu(nn.Module):
+    def forward(self, x):
+        return torch.relu(x) + 1
 """
+BRANCH_LINE = (
+    MODELS.splitlines().index("        if y.sum() > 0:  # data-dependent: dynamo breaks the graph here") + 1
+)
 
 
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -280,6 +301,19 @@ def test_meta_device_falls_back_to_a_cpu_build_with_a_note(
             ["{m}:TinyNet", "--input", "2x8"],
             "the forward of profile_models:TinyNet raised RuntimeError: Expected tensor for argument #1 'indices'",
         ),
+        (
+            ["{m}:Relu", "--input", "2x4", "--compile-backend", "tvmx"],
+            "--compile: torch.compile backend 'tvmx' is not available (Invalid backend: 'tvmx'",
+        ),
+        (
+            # A backend of torch's own tests that fails on relu: a model the compiler fails on.
+            ["{m}:Relu", "--input", "2x4", "--compile-backend", "relu_compile_error_TESTING_ONLY"],
+            "--compile: torch.compile failed on this model (BackendCompilerFailed: ",
+        ),
+        (
+            ["{m}:Relu", "--input", "2x4", "--compile", "--device", "meta"],
+            "--compile runs the model: profile it with --device cpu or cuda, not meta",
+        ),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(
@@ -334,7 +368,15 @@ def test_help_lists_the_profile_command(tmp_path: Path) -> None:
     assert re.search(r"^\s+profile\s+count a model's MACs", result.stdout, re.M)
     sub = run_module("profile", "--help", cwd=tmp_path)
     assert sub.returncode == 0
-    for option in ("--input", "--depth", "--device", "--json", "--headroom"):
+    for option in (
+        "--input",
+        "--depth",
+        "--device",
+        "--json",
+        "--headroom",
+        "--compile",
+        "--compile-backend",
+    ):
         assert option in sub.stdout
 
 
@@ -387,3 +429,41 @@ def test_rounded_limits_always_parse_back_to_at_least_the_value() -> None:
 def test_float_token_ids_get_a_hint(models: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["profile", f"{models}:TinyNet", "--input", "2x8"]) == 2
     assert capsys.readouterr().err.endswith("; token ids need an integer input, e.g. --input 1x128:int64\n")
+
+
+def test_compile_shows_the_graph_break_with_its_reason_and_line(
+    models: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["profile", f"{models}:Branchy", "--input", "2x4", "--compile-backend", "eager"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert "MACs                  32 (32)" in out  # the eager model's count, as without --compile
+    section = out[out.index("compiled (torch.compile, backend eager") :].splitlines()
+    assert section[2:5] == ["  graph breaks  1", "  recompiles    0", "  kernels       -  (inductor only)"]
+    assert re.fullmatch(r"  compile time  \S+ m?s", section[5])
+    assert (
+        section[6]
+        == f"  graph break 1 at {tmp_path / 'profile_models.py'}:{BRANCH_LINE}: Data-dependent branching"
+    )
+    assert section[7] == "      if y.sum() > 0:  # data-dependent: dynamo breaks the graph here"
+    assert section[8].startswith("      (Detected data-dependent branching")
+
+
+def test_compile_of_a_clean_model_in_json(models: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["profile", f"{models}:Relu", "--input", "2x4", "--compile-backend", "eager", "--json"])
+    assert code == 0
+    compiled = json.loads(capsys.readouterr().out)["compiled"]
+    assert compiled.pop("compile_s") > 0
+    assert compiled == {
+        "backend": "eager",
+        "label": "compiled:eager",
+        "graphs": 1,
+        "graph_breaks": [],
+        "recompiles": [],
+        "kernels": None,
+    }
+
+
+def test_without_compile_nothing_is_compiled(models: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["profile", f"{models}:Relu", "--input", "2x4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["compiled"] is None
