@@ -222,6 +222,7 @@ class CallBudget:
     latency_stat: str
     timing: TimingSettings  # with this call's device and CUDA-graph choice
     timed: bool  # the call asks for timing and the run allows it
+    timing_enabled: bool  # the run measures on devices at all (not --budget-no-timing)
     hardware: object | None  # roofline spec (preset name or mapping), or None
     batch_size: int | None  # items per call for throughput; None: from the inputs
     autocast: bool | str = False  # measure under torch.autocast: True, or the dtype to cast to
@@ -264,6 +265,7 @@ def resolve(marker: Budget, file_limits: Budget | None, settings: CallSettings) 
             cuda_graph=options.get("cuda_graph", timing.cuda_graph),
         ),
         timed=settings.timing_enabled and wants_timing,
+        timing_enabled=settings.timing_enabled,
         hardware=options.get("hardware", settings.hardware),
         batch_size=options.get("batch_size"),
         autocast=options.get("autocast", False),

@@ -85,10 +85,17 @@ class Check:
 
     @property
     def usage(self) -> float:
-        """How much of the budget is used: above 1 means over (inverted for minimums)."""
+        """How much of the budget is used: above 1 means over (inverted for minimums).
+
+        Against a limit or baseline of 0 (no graph breaks, no float MACs): 0 while the value
+        is 0 too, infinite once it is not.
+        """
+        used, allowed = self.measured, self.reference
         if METRICS_BY_NAME[self.metric].higher_is_better:
-            return self.reference / self.measured if self.measured else float("inf")
-        return self.measured / self.reference if self.reference else float("inf")
+            used, allowed = allowed, used
+        if not allowed:
+            return 0.0 if not used else float("inf")
+        return used / allowed
 
     @property
     def change(self) -> str:

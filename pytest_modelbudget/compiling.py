@@ -246,7 +246,11 @@ def _reset() -> None:
 
 
 def _kernels(options: Mapping[str, Any] | None) -> int | None:
-    backend = DEFAULT_BACKEND if options is None else _backend_name(options.get("backend", DEFAULT_BACKEND))
+    """Kernels inductor generated; None for other backends and for a model the user compiled,
+    whose backend is not known here (its count would depend on what ran before)."""
+    if options is None:
+        return None
+    backend = _backend_name(options.get("backend", DEFAULT_BACKEND))
     inductor_metrics = sys.modules.get("torch._inductor.metrics")
     if backend != DEFAULT_BACKEND or inductor_metrics is None:
         return None

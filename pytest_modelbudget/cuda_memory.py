@@ -29,18 +29,41 @@ def forward_peak_memory(forward: Callable[[], object], device: torch.device) -> 
     return int(torch.cuda.max_memory_allocated(device) - before)
 
 
-def cuda_peak_memory(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
-    """CUDA allocator peak of one forward where the model is; the model is left as it was."""
+def cuda_peak_memory(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    device: str | None = None,
+    autocast: str | None = None,
+) -> int:
+    """CUDA allocator peak of one forward on ``device`` (default: the model's).
+
+    The model and its inputs are moved there for the measurement and the model back after;
+    ``autocast`` runs the forward under ``torch.autocast`` to that dtype, as timing does.
+    """
     import torch
+    from torch.utils._pytree import tree_map_only
 
-    from .devices import exclusive_use, model_device
+    from .devices import exclusive_use, target_device
 
-    device = model_device(model, args)
-    with exclusive_use(model, device):
+    where = target_device(model, args, device)
+    if where.type != "cuda" or not torch.cuda.is_available():
+        raise MeasurementError(f"the CUDA memory peak needs a CUDA device, but the model runs on {where}")
+    with exclusive_use(model, where):
+        args = tree_map_only(torch.Tensor, lambda t: t.to(where), args)
+        kwargs = tree_map_only(torch.Tensor, lambda t: t.to(where), dict(kwargs))
+
+        def forward() -> object:
+            if autocast is None:
+                return model(*args, **kwargs)
+            with torch.autocast("cuda", dtype=getattr(torch, autocast)):
+                return model(*args, **kwargs)
+
         try:
-            return forward_peak_memory(lambda: model(*args, **kwargs), device)
+            return forward_peak_memory(forward, where)
         except torch.OutOfMemoryError as error:
-            raise MeasurementError(f"ran out of memory on {device} ({str(error).splitlines()[0]})") from None
+            raise MeasurementError(f"ran out of memory on {where} ({str(error).splitlines()[0]})") from None
         finally:
             torch.cuda.empty_cache()
 

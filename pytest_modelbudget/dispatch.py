@@ -25,6 +25,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .errors import MeasurementError
 from .mac_formulas import Formula, compute_dtype, is_mac_free, mac_formula
 from .shape_rules import meta_outputs
 
@@ -301,12 +302,18 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         first_out = out if isinstance(out, torch.Tensor) else _first_tensor(out)
         macs = 0
         if info.formula is not None:
-            macs = int(info.formula(*args, **{**kwargs, "out": first_out}))
+            try:
+                macs = int(info.formula(*args, **{**kwargs, "out": first_out}))
+            except Exception as error:  # a bug of ours, not the model's: say so
+                raise MeasurementError(
+                    f"internal error in pytest-modelbudget: the MAC formula of {info.name} failed "
+                    f"({type(error).__name__}: {error}); please report it with the model"
+                ) from error
         traffic = _memory_traffic(args, kwargs, out) if info.moves_data else 0
         typed = first_out if first_out is not None else _first_tensor(args)
         dtype = dtype_name(typed.dtype) if typed is not None else "none"
         counted = info.formula is not None or info.mac_free
-        compute = compute_dtype(func, _first_tensor(args)) if macs else "none"
+        compute = compute_dtype(func, _first_tensor(args), kwargs.get("dtype")) if macs else "none"
         return _OpCost(info.name, macs, traffic, dtype, counted, compute)
 
     def _record(self, cost: _OpCost) -> None:

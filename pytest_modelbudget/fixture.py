@@ -116,7 +116,9 @@ class ModelBudget:
         except CompileError as error:
             raise pytest.fail.Exception(f"model_budget: {key}: {error}", pytrace=False) from None
         except MeasurementError as error:
-            raise pytest.fail.Exception(f"model_budget: {error}", pytrace=False) from None
+            raise pytest.fail.Exception(
+                f"model_budget: {error}\n  (while measuring {key})", pytrace=False
+            ) from None
         except Exception as error:  # the model's own error, shown as such
             raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
         self._calls.append((model, args, kwargs))

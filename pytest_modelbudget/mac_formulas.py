@@ -301,10 +301,16 @@ def _packed_weight(packed: Any) -> torch.Tensor:
     quantized.conv1d_relu,
     quantized.conv2d_relu,
     quantized.conv3d_relu,
-    quantized.conv2d_add,
-    quantized.conv2d_add_relu,
 )
 def _quantized_conv(x: torch.Tensor, packed: Any, *_: Any, out: torch.Tensor, **__: Any) -> int:
+    return _conv_macs(x, _packed_weight(packed), out, transposed=False)
+
+
+@_register(quantized.conv2d_add, quantized.conv2d_add_relu)
+def _quantized_conv_add(
+    x: torch.Tensor, accumulated: torch.Tensor, packed: Any, *_: Any, out: torch.Tensor, **__: Any
+) -> int:
+    # conv(x) + accumulated: the addition is not a MAC.
     return _conv_macs(x, _packed_weight(packed), out, transposed=False)
 
 
@@ -333,7 +339,7 @@ def _quantized_linear_dynamic_fp16(x: torch.Tensor, packed: Any, *_: Any, **__: 
     return _quantized_linear_macs(x, packed)
 
 
-@_register(aten.quantized_lstm, aten.quantized_gru, compute="int8")
+@_register(aten.quantized_lstm, aten.quantized_gru, compute="int8")  # or its dtype= (float16)
 def _quantized_rnn(data: torch.Tensor, *args: Any, **__: Any) -> int:
     # .input(input, hx, params, ...) and .data(data, batch_sizes, hx, params, ...): the cell
     # parameters are the first list of ScriptObjects.
@@ -348,14 +354,17 @@ def mac_formula(func: Any) -> Formula | None:
     return _FORMULAS.get(func.overloadpacket)
 
 
-def compute_dtype(func: Any, first_input: torch.Tensor | None) -> str:
+def compute_dtype(func: Any, first_input: torch.Tensor | None, dtype: Any = None) -> str:
     """The dtype a MAC-counting op multiplies in: its own when registered, else its first input's.
 
     8-bit integer storage (``qint8``, ``quint8``, ``int8``, ``uint8``) is ``int8``: an int8
-    kernel whatever the tensor is tagged.
+    kernel whatever the tensor is tagged. ``dtype`` is the op's own ``dtype=`` argument, if any.
     """
     declared = _COMPUTE_DTYPES.get(func.overloadpacket)
     if declared is not None:
+        # Dynamic RNN kernels name their own dtype: qint8 (int8) or float16.
+        if dtype is not None and dtype != torch.qint8:
+            return str(dtype).removeprefix("torch.")
         return declared
     if first_input is None:
         return "none"

@@ -16,7 +16,7 @@ from .baselines import Entry, entry_key
 from .budgets import Budget, CallBudget, CallSettings, Limit, resolve
 from .checks import call_verdict, check_call, strict_failures
 from .errors import MeasurementError
-from .metrics import Readings, read_all
+from .metrics import COMPILED, Readings, read_all
 from .results import CallResult, Measurement, shallow_modules
 
 if TYPE_CHECKING:
@@ -70,7 +70,9 @@ def measure_call(
     compiled: CompileStats | None = None
     if budget.timed:
         timed_limits = tuple(limit for limit in budget.limits if limit.metric in ("latency_ms", "throughput"))
-    if budget.compile is not None or compiled_as_given:
+    compiled_call = budget.compile is not None or compiled_as_given
+    _check_compile_budget(budget, compiled_call)
+    if compiled_call:
         from .compiling import compile_session
 
         with compile_session(model, None if compiled_as_given else budget.compile) as session:
@@ -82,6 +84,7 @@ def measure_call(
         judgement, timing = _time(eager, args, kwargs, budget, timed_limits, entry, progress)
     readings = Readings(
         counts=counts,
+        latency_stat=budget.latency_stat,
         timing=timing,
         roofline_ms=_roofline_ms(counts, budget),
         cuda_memory=_cuda_memory(eager, args, kwargs, budget, timing) if on_cuda else None,
@@ -171,6 +174,21 @@ def _time(
     return judgement, replace(kept, probes=kept.probes or measure_probes())
 
 
+def _check_compile_budget(budget: CallBudget, compiled_call: bool) -> None:
+    """Limits that only a compiled call can meet, and options that do not go with compiling."""
+    limited = [limit.definition.keyword for limit in budget.limits if limit.metric in COMPILED]
+    if limited and not compiled_call:
+        raise MeasurementError(
+            f"{', '.join(sorted(set(limited)))} limit(s) a compiled call: add compile=True to the marker, "
+            "run with --budget-compile, or pass a model compiled with torch.compile"
+        )
+    if compiled_call and budget.timing.autocast:
+        raise MeasurementError(
+            "autocast and compile cannot be combined yet: measure the compiled model "
+            "without autocast, or the autocast model without compile"
+        )
+
+
 def _roofline_ms(counts: Counts, budget: CallBudget) -> float | None:
     """The roofline latency estimate, when a budget limits it or a hardware spec is given."""
     from .roofline import estimate, hardware
@@ -194,11 +212,11 @@ def _cuda_memory(
     """The allocator peak on CUDA: from the timed run, else one forward when a limit needs it."""
     if timing is not None and timing.peak_memory is not None:
         return timing.peak_memory
-    if not budget.limited("memory"):
+    if not budget.limited("memory") or not budget.timing_enabled:  # --budget-no-timing: none
         return None
     from .cuda_memory import cuda_peak_memory
 
-    return cuda_peak_memory(model, args, kwargs)
+    return cuda_peak_memory(model, args, kwargs, device=budget.timing.device, autocast=budget.timing.autocast)
 
 
 def _max_batch(

@@ -62,6 +62,7 @@ class Readings:
     cuda_memory: int | None = None  # CUDA allocator peak of one forward, when measured there
     on_cuda: bool = False
     max_batch: int | None = None  # when min_max_batch asked for the search
+    latency_stat: str = "median"  # the statistic latency is judged by: "median" or "p90"
     compiled: CompileStats | None = None  # when the call was compiled (compile=True)
 
 
@@ -71,6 +72,15 @@ FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 def _float_macs(readings: Readings) -> float:
     return sum(n for dtype, n in readings.counts.macs_by_dtype.items() if dtype in FLOAT_DTYPES)
+
+
+def _throughput(readings: Readings) -> float | None:
+    # At the judged latency statistic, like the latency itself (p90 with latency_stat="p90").
+    timing = readings.timing
+    if timing is None:
+        return None
+    latency = timing.stat(readings.latency_stat)
+    return timing.batch_size * 1e3 / latency if latency else float("inf")
 
 
 def _memory(readings: Readings) -> float | None:
@@ -90,6 +100,7 @@ class Metric:
     ratcheted: bool = False  # kept as a baseline in budgets.yaml and never allowed to grow
     timed: bool = False  # needs the model to be timed, not only counted
     higher_is_better: bool = False  # the limit is a minimum (throughput), not a maximum
+    compiled: bool = False  # measured only when the call is compiled (torch.compile)
     # A ratcheted metric is stored only where this holds of the call's values (default: always).
     stored_if: Callable[[Mapping[str, float]], bool] | None = None
     zero_allowed: bool = False  # a limit of 0 means "none at all" (graph breaks), not a mistake
@@ -156,7 +167,7 @@ METRICS: tuple[Metric, ...] = (
         "max_latency_ms",
         "ms",
         "latency of one forward (median, or p90 with latency_stat)",
-        read=lambda r: r.timing.median_ms if r.timing else None,
+        read=lambda r: r.timing.stat(r.latency_stat) if r.timing else None,
         timed=True,
     ),
     Metric(
@@ -164,7 +175,7 @@ METRICS: tuple[Metric, ...] = (
         "min_throughput",
         "rate",
         "items per second (batch / latency)",
-        read=lambda r: r.timing.throughput if r.timing else None,
+        read=_throughput,
         timed=True,
         higher_is_better=True,
     ),
@@ -198,6 +209,7 @@ METRICS: tuple[Metric, ...] = (
         "count",
         "places where torch.compile split the graph (compiled calls)",
         read=lambda r: len(r.compiled.graph_breaks) if r.compiled else None,
+        compiled=True,
         ratcheted=True,
         zero_allowed=True,
     ),
@@ -207,6 +219,7 @@ METRICS: tuple[Metric, ...] = (
         "count",
         "graphs torch.compile compiled (compiled calls)",
         read=lambda r: r.compiled.graphs if r.compiled else None,
+        compiled=True,
         ratcheted=True,
     ),
     Metric(
@@ -215,6 +228,7 @@ METRICS: tuple[Metric, ...] = (
         "count",
         "extra compilations: guards that failed on later inputs (compiled calls)",
         read=lambda r: len(r.compiled.recompiles) if r.compiled else None,
+        compiled=True,
         ratcheted=True,
         zero_allowed=True,
     ),
@@ -224,6 +238,7 @@ METRICS: tuple[Metric, ...] = (
         "count",
         "kernels inductor generated (compiled calls, inductor backend)",
         read=lambda r: r.compiled.kernels if r.compiled else None,
+        compiled=True,
         ratcheted=True,
     ),
     Metric(
@@ -232,11 +247,13 @@ METRICS: tuple[Metric, ...] = (
         "s",
         "time to compile (wall time: limited, never ratcheted)",
         read=lambda r: r.compiled.compile_s if r.compiled else None,
+        compiled=True,
     ),
 )
 METRICS_BY_NAME = {m.name: m for m in METRICS}
 METRICS_BY_KEYWORD = {m.keyword: m for m in METRICS}
 RATCHETED = tuple(m.name for m in METRICS if m.ratcheted)
+COMPILED = tuple(m.name for m in METRICS if m.compiled)
 
 # The order values are read in, and so the order of a call's metrics in every report:
 # what counting gives first, then what timing adds.

@@ -337,7 +337,7 @@ def json_report(
                 "convention": result.convention,
                 "metrics": dict(result.metrics),
                 "checks": [
-                    {**c.to_dict(), "change": c.change, "usage": round(c.usage, 6)} for c in result.checks
+                    {**c.to_dict(), "change": c.change, "usage": _json_number(c.usage)} for c in result.checks
                 ],
                 "modules": {k: dict(v) for k, v in result.modules.items()},
                 "uncounted": dict(result.uncounted),
@@ -354,6 +354,11 @@ def json_report(
         "summary": {"calls": len(results), **_verdict_counts(results)},
         "calls": calls,
     }
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no infinity: a budget of 0 that is exceeded has no finite share (null).
+    return round(value, 6) if math.isfinite(value) else None
 
 
 def _usage_bar(usage: float, width: int = 10) -> str:

@@ -123,3 +123,27 @@ def test_a_call_budget_merges_marker_file_and_run_settings_once() -> None:
     assert budget.timing.device == "cpu" and budget.timed  # a file limit asks for timing
     untimed = resolve(marker, file_limits, CallSettings(timing_enabled=False))
     assert not untimed.timed  # --budget-no-timing
+
+
+def test_a_budget_of_zero_is_unused_until_exceeded() -> None:
+    from pytest_modelbudget.checks import Status
+
+    kept = Check("graph_breaks", 0, 0, Source.BASELINE, Status.OK)
+    broken = Check("graph_breaks", 1, 0, Source.MARKER, Status.OVER)
+    assert kept.usage == 0.0
+    assert broken.usage == float("inf")
+
+
+def test_latency_and_throughput_read_the_judged_statistic() -> None:
+    from pytest_modelbudget.metrics import METRICS_BY_NAME, Readings
+    from pytest_modelbudget.timing import TimingStats
+
+    timing = TimingStats(6.0, 20.0, 5.0, 8.0, 2.0, samples=20, calls=200, wall_s=1.0, batch_size=4)
+
+    def read(name: str, stat: str) -> float | None:
+        # These two read the timing alone, so no counts are needed.
+        readings = Readings(counts=None, timing=timing, latency_stat=stat)  # type: ignore[arg-type]
+        return METRICS_BY_NAME[name].read(readings)
+
+    assert (read("latency_ms", "median"), read("throughput", "median")) == (6.0, pytest.approx(4e3 / 6))
+    assert (read("latency_ms", "p90"), read("throughput", "p90")) == (20.0, pytest.approx(4e3 / 20))

@@ -12,6 +12,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 import yaml
 from conftest import write_test
 
@@ -299,3 +300,27 @@ def test_inductor_counts_kernels_and_the_cli_compiles_every_call(compiled_projec
     result = compiled_project.runpytest_subprocess("--model-budget", "--budget-compile")
     result.assert_outcomes(passed=1)
     assert isinstance(kernels, int) and kernels >= 1
+
+
+def test_compile_limits_need_a_compiled_call_and_no_autocast() -> None:
+    from pytest_modelbudget.budgets import CallSettings, parse_budget
+    from pytest_modelbudget.errors import MeasurementError
+    from pytest_modelbudget.measure import measure_call
+
+    def measure(**marker: object) -> None:
+        measure_call(
+            torch.nn.Linear(4, 2),
+            (torch.randn(1, 4),),
+            {},
+            nodeid="t.py::t",
+            name=None,
+            marker=parse_budget(marker),
+            entry=None,
+            settings=CallSettings(),
+        )
+
+    # Not compiled: a graph-break limit could never fail, so it is refused, not skipped.
+    with pytest.raises(MeasurementError, match=r"max_graph_breaks limit.*compile=True.*--budget-compile"):
+        measure(max_graph_breaks=0)
+    with pytest.raises(MeasurementError, match="autocast and compile cannot be combined"):
+        measure(compile={"backend": "eager"}, autocast="bfloat16")

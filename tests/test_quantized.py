@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,6 +29,17 @@ pytestmark = [
     # torchvision quantizes an uncalibrated model when no weights are loaded.
     pytest.mark.filterwarnings("ignore:must run observer before calling calculate_qparams:UserWarning"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def fbgemm_engine() -> Iterator[None]:
+    """torchvision's quantized builders switch the global engine (qnnpack for mobilenets);
+    each test here starts on fbgemm, the x86 engine, and leaves the setting as it found it."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    yield
+    torch.backends.quantized.engine = before
+
 
 QUANTIZED_MODELS = sorted(n for n in torchvision.models.list_models() if n.startswith("quantized_"))
 
@@ -219,6 +231,7 @@ def test_autocast_counts_in_the_dtype_autocast_picks() -> None:
 
 QUANTIZED_PROJECT = """
 import copy
+from collections.abc import Iterator
 import os
 import pytest
 import torch
@@ -280,3 +293,37 @@ def test_a_quantized_model_records_its_dtypes_and_catches_a_fallback_to_float(
             "*float_macs 2.05 k > limit (marker) 0 (+inf%)",
         ]
     )
+
+
+def test_a_quantized_conv_add_counts_its_convolution() -> None:
+    from pytest_modelbudget.mac_formulas import mac_formula
+
+    weight = torch.quantize_per_tensor(torch.randn(16, 8, 3, 3), 0.1, 0, torch.qint8)
+    packed = torch.ops.quantized.conv2d_prepack(weight, None, [1, 1], [1, 1], [1, 1], 1)
+    x = torch.quantize_per_tensor(torch.randn(2, 8, 10, 10), 0.1, 128, torch.quint8)
+    out = torch.empty(2, 16, 10, 10)
+    formula = mac_formula(torch.ops.quantized.conv2d_add.default)
+    assert formula is not None
+    # (qx, qaccum, packed weight, ...): 2*16*10*10 outputs x 8*3*3; the addition is no MAC.
+    assert formula(x, x, packed, 0.1, 0, out=out) == 2 * 16 * 100 * 72
+
+
+def test_dynamic_float16_rnn_counts_in_float16() -> None:
+    quantized = torch.ao.quantization.quantize_dynamic(Tagger().eval(), {nn.LSTM}, dtype=torch.float16)
+    counts = count(quantized, (torch.zeros(2, 5, dtype=torch.long),))
+    assert counts.macs_by_dtype["float16"] > counts.macs_by_dtype["float32"]  # the LSTM, then the head
+
+
+def test_a_formula_that_fails_is_reported_as_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_modelbudget import dispatch, mac_formulas
+    from pytest_modelbudget.errors import MeasurementError
+
+    def broken(*_: object, **__: object) -> int:
+        raise ZeroDivisionError("a bug in a formula")
+
+    monkeypatch.setitem(mac_formulas._FORMULAS, torch.ops.aten.addmm, broken)
+    monkeypatch.setattr(dispatch, "_OP_INFO", {})  # looked up afresh
+    with pytest.raises(
+        MeasurementError, match=r"internal error in pytest-modelbudget: the MAC formula of aten\.addmm"
+    ):
+        count(nn.Linear(4, 2), (torch.randn(3, 4),))

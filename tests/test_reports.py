@@ -174,3 +174,20 @@ def test_synchronized_timer_without_cuda_is_perf_counter() -> None:
 
     before = time.perf_counter()
     assert before <= synchronized_perf_counter() <= time.perf_counter()
+
+
+def test_the_json_report_is_strict_json_when_a_zero_budget_is_exceeded(project: pytest.Pytester) -> None:
+    # A limit of 0 that is exceeded has no finite budget use: null, not Infinity.
+    write_test(
+        project,
+        """
+        @pytest.mark.model_budget(max_float_macs=0)
+        def test_float(model_budget):
+            model_budget(SimpleModel(), torch.randn(1, 1, 28, 28))
+        """,
+    )
+    project.runpytest("--model-budget", "--budget-json=report.json").assert_outcomes(failed=1)
+    text = (project.path / "report.json").read_text()
+    report = json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    [check] = report["calls"][0]["checks"]
+    assert (check["metric"], check["status"], check["usage"]) == ("float_macs", "over", None)
