@@ -15,6 +15,7 @@ their real arguments.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import MeasurementError
+from .held import unpacked
 from .mac_formulas import Formula, compute_dtype, is_mac_free, mac_formula
 from .shape_rules import meta_outputs
 
@@ -98,10 +100,11 @@ def _memory_traffic(args: Any, kwargs: Mapping[str, Any], out: Any) -> int:
 
     Each distinct input tensor is read once (``x * x`` reads x once) and each output
     written once; an in-place op both reads and writes its destination. An ``out=``
-    buffer is only written.
+    buffer is only written. A quantized kernel's packed weights are read too.
     """
-    inputs = (v for k, v in kwargs.items() if k != "out")
-    reads = _unique(_tensors((*args, *inputs)))
+    inputs = (*args, *(v for k, v in kwargs.items() if k != "out"))
+    packed = (t for v in inputs if isinstance(v, torch.ScriptObject) for t in unpacked(v))
+    reads = _unique(itertools.chain(_tensors(inputs), packed))
     writes = _unique(_tensors(out))
     return sum(map(_touched_bytes, reads)) + sum(map(_touched_bytes, writes))
 

@@ -259,3 +259,12 @@ def test_chromium_draws_the_charts_and_the_sorter_works(page: str, tmp_path: Pat
     assert pixels.get((0xCF, 0x22, 0x2E), 0) > 500
     assert pixels.get((0x1A, 0x7F, 0x37), 0) > 200
     assert pixels.get((0x09, 0x69, 0xDA), 0) > 500
+
+
+def test_a_quantized_call_shows_the_dtypes_its_macs_ran_in() -> None:
+    mixed = call("tests/test_q.py::test_int8", (), macs_by_dtype={"int8": 9000, "float32": 1000})
+    plain = call("tests/test_f.py::test_float", (), macs_by_dtype={"float32": 10_000})
+    page = render([mixed, plain], title="t", environment={})
+    found = sections(page)
+    assert "<dt>MACs by dtype</dt><dd>int8 9 k, float32 1 k</dd>" in found["tests/test_q.py::test_int8"]
+    assert "MACs by dtype" not in found["tests/test_f.py::test_float"]  # all float32: nothing to say

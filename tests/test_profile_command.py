@@ -467,3 +467,24 @@ def test_compile_of_a_clean_model_in_json(models: str, capsys: pytest.CaptureFix
 def test_without_compile_nothing_is_compiled(models: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["profile", f"{models}:Relu", "--input", "2x4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["compiled"] is None
+
+
+QUANTIZED_FACTORY = """
+import torchvision
+
+
+def resnet18_int8():
+    # torchvision's int8 ResNet-18: random weights, quantized for the fbgemm engine.
+    return torchvision.models.quantization.resnet18(weights=None, quantize=True)
+"""
+
+
+def test_a_quantized_torchvision_model_shows_its_dtypes(tmp_path: Path) -> None:
+    (tmp_path / "qmodels.py").write_text(QUANTIZED_FACTORY)
+    result = run_module("profile", "qmodels:resnet18_int8", "--input", "1x3x224x224", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "  MACs by dtype         int8 1.81 G\n" in out  # every MAC in an int8 kernel
+    assert "  params                11.7 M (11,684,712)\n" in out  # held in packed parameters
+    assert "qint8 11.1 MiB" in out  # sized by the int8 weights, not float32
+    assert marker_limits(out.splitlines()[-1])["max_float_macs"] == "0"

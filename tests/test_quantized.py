@@ -327,3 +327,16 @@ def test_a_formula_that_fails_is_reported_as_ours(monkeypatch: pytest.MonkeyPatc
         MeasurementError, match=r"internal error in pytest-modelbudget: the MAC formula of aten\.addmm"
     ):
         count(nn.Linear(4, 2), (torch.randn(3, 4),))
+
+
+def test_torchao_float8_weights_are_sized_as_float8() -> None:
+    torchao = pytest.importorskip("torchao.quantization")
+    x = torch.randn(4, 512, dtype=torch.bfloat16)
+    model = mlp().to(torch.bfloat16)
+    torchao.quantize_(model, torchao.Float8WeightOnlyConfig())
+    twin, counts = count(mlp().to(torch.bfloat16), (x,)), count(model, (x,))
+
+    assert (counts.macs, counts.params) == (twin.macs, twin.params)
+    assert counts.size_by_dtype["float8_e4m3fn"] == 512 * 512 * 2 + 512 * 10  # one byte a weight
+    assert counts.size_bytes == pytest.approx(serialized_bytes(model), rel=0.10)
+    assert counts.macs_by_dtype == {"bfloat16": counts.macs}  # weight-only: dequantized to bfloat16
