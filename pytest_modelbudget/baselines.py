@@ -28,7 +28,7 @@ import yaml
 
 from .budgets import KEYWORDS, Budget, parse_budget
 from .errors import BaselineFileError, BudgetSpecError, shown
-from .metrics import RATCHETED
+from .metrics import COMPILED, RATCHETED
 from .timing_verdicts import STORED_KEYS
 
 FORMAT_VERSION = 1
@@ -410,6 +410,17 @@ def _write_atomically(path: Path, text: str) -> None:
             os.close(dir_fd)
 
 
+def _kept_compile_metrics(old: Mapping[str, int], new: Mapping[str, int]) -> dict[str, int]:
+    """The new metrics, plus the old compile metrics when this run did not compile the call.
+
+    Like timings of other devices, the figures of a compiled run (``--budget-compile`` in
+    another CI job, say) outlive an update run that measured the call eagerly.
+    """
+    if any(name in new for name in COMPILED):
+        return dict(new)
+    return {**new, **{name: value for name, value in old.items() if name in COMPILED}}
+
+
 def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = frozenset()) -> bool:
     """Merge measured entries into the file (and drop ``remove``); True if it changed.
 
@@ -437,7 +448,7 @@ def update(path: Path, measured: Mapping[str, Entry], remove: frozenset[str] = f
         for key, entry in measured.items():
             old = merged.get(key) or Entry()
             merged[key] = Entry(
-                entry.metrics,
+                _kept_compile_metrics(old.metrics, entry.metrics),
                 entry.modules,
                 entry.convention,
                 old.limits or entry.limits,

@@ -44,8 +44,8 @@ def describe(check: Check) -> str:
     """``macs 1.46 M > baseline 1.33 M (+9.9%)``, with units, tolerance and the timing note."""
     metric = METRICS_BY_NAME[check.metric]
     relation = {Status.OVER: ">", Status.SHRANK: "<", Status.INCONCLUSIVE: "~>"}.get(check.status, "<=")
-    if check.status == Status.OVER and metric.higher_is_better:
-        relation = "<"
+    if metric.higher_is_better and check.status in (Status.OVER, Status.INCONCLUSIVE):
+        relation = relation.replace(">", "<")  # a minimum (throughput) is broken from below
     what = "baseline" if check.is_baseline else f"limit ({check.source.value})"
     allowed = f", tolerance {check.tolerance:.0%}" if check.is_baseline and check.tolerance else ""
     prefix = "inconclusive: " if check.status == Status.INCONCLUSIVE else ""

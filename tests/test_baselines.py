@@ -220,3 +220,23 @@ def test_a_file_written_by_the_earlier_version_is_rewritten_byte_for_byte(tmp_pa
     assert baselines.update(path, {"test_m.py::test_named#big": grown})
     timed_block = EARLIER_FILE[EARLIER_FILE.index("  test_m.py::test_timed:") :]
     assert path.read_text().endswith(timed_block)
+
+
+def test_an_eager_update_keeps_the_figures_of_a_compiled_run(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.yaml"
+    compiled = Entry(metrics={"macs": 10, "params": 5, "size": 20, "graph_breaks": 1, "graphs": 2})
+    baselines.update(path, {"t.py::t": compiled})
+    # A run without --budget-compile measures the call eagerly: its compile figures stay.
+    eager = Entry(metrics={"macs": 12, "params": 5, "size": 20})
+    baselines.update(path, {"t.py::t": eager})
+    assert baselines.load(path).entries["t.py::t"].metrics == {
+        "macs": 12,
+        "params": 5,
+        "size": 20,
+        "graph_breaks": 1,
+        "graphs": 2,
+    }
+    # A compiled run replaces them all (a break fixed: graph_breaks 0, one graph).
+    fixed = Entry(metrics={"macs": 12, "params": 5, "size": 20, "graph_breaks": 0, "graphs": 1})
+    baselines.update(path, {"t.py::t": fixed})
+    assert baselines.load(path).entries["t.py::t"].metrics == fixed.metrics
