@@ -313,6 +313,16 @@ CASES = [
                 ["tolerance=-0.1", "a non-negative number (0.05) or a percentage"],
             ),
             ("malformed-tolerance", 'tolerance="five%"', ["tolerance='five%'", "a percentage string ('5%')"]),
+            (
+                "negative-float-macs",
+                "max_float_macs=-1",
+                ["max_float_macs=-1: a limit must be zero or more"],
+            ),
+            (
+                "autocast-dtype",
+                'autocast="int8"',
+                ["autocast='int8': 'int8' is not True, False, 'bfloat16' or 'float16'"],
+            ),
         ]
     ),
     Case(
@@ -322,6 +332,16 @@ CASES = [
         args=("--update-budgets",),
     ),
     # -- the fixture ---------------------------------------------------------------------
+    Case(
+        "fixture-compile-limit-without-compile",
+        [
+            "model_budget: max_graph_breaks limit(s) a compiled call: add compile=True to the marker, "
+            "run with --budget-compile, or pass a model compiled with torch.compile",
+            "(while measuring test_model.py::test_bad)",
+        ],
+        test=marked("max_graph_breaks=0"),
+        ret=FAILED,
+    ),
     Case(
         "fixture-string-model",
         ["model_budget expects a torch.nn.Module as first argument, got str"],
