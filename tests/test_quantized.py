@@ -178,6 +178,8 @@ def test_quantized_conv_and_linear_formulas_match_the_float_ops() -> None:
 
 def snapshot(value: object) -> object:
     """A comparable copy: quantized tensors by their integers, packed parameters by what they hold."""
+    if isinstance(value, torch.Tensor) and hasattr(value, "__tensor_flatten__"):  # torchao
+        return ("subclass", [snapshot(getattr(value, name)) for name in value.__tensor_flatten__()[0]])
     if isinstance(value, torch.Tensor):
         return ("q", value.int_repr().clone(), value.dtype) if value.is_quantized else value.detach().clone()
     if isinstance(value, torch.ScriptObject):
@@ -204,9 +206,13 @@ def state(model: nn.Module) -> dict[str, object]:
 def test_quantized_models_are_left_as_they_were() -> None:
     static = torchvision.models.quantization.mobilenet_v2(weights=None, quantize=True).eval()
     dynamic = torch.ao.quantization.quantize_dynamic(Tagger().eval(), {nn.LSTM, nn.Linear})
+    torchao = pytest.importorskip("torchao.quantization")
+    subclassed = mlp()
+    torchao.quantize_(subclassed, torchao.Int8DynamicActivationInt8WeightConfig())
     for model, inputs in (
         (static, (torch.randn(1, 3, 64, 64),)),
         (dynamic, (torch.zeros(2, 5, dtype=torch.long),)),
+        (subclassed, (torch.randn(2, 512),)),
     ):
         before = state(model)
         count(model, inputs)
