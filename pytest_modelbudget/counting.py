@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map_only
 
+from .devices import autocast_to
 from .dispatch import CountingMode, MetaArguments, OpRecord
 from .errors import MeasurementError
 from .held import packed_tensors, storage_bytes
@@ -165,8 +166,7 @@ def _count_forward(
         has_rnn = any(isinstance(module, torch.nn.RNNBase) for _, module in inventory.modules)
         function_mode = MetaArguments(mode) if to_meta and has_rnn else nullcontext()
         device_type = _device_of(inventory, args).split(":")[0]
-        casting = torch.autocast(device_type, dtype=getattr(torch, autocast)) if autocast else nullcontext()
-        with torch.no_grad(), tracker, function_mode, casting, mode:
+        with torch.no_grad(), tracker, function_mode, autocast_to(device_type, autocast), mode:
             mode.current_module = tracker.current
             model(*args, **kwargs)
     return _assemble(model, inventory, mode, "meta" if to_meta else _device_of(inventory, args))

@@ -43,25 +43,15 @@ def cuda_peak_memory(
     ``autocast`` runs the forward under ``torch.autocast`` to that dtype, as timing does.
     """
     import torch
-    from torch.utils._pytree import tree_map_only
 
-    from .devices import exclusive_use, target_device
+    from .devices import exclusive_use, forward_on, target_device
 
     where = target_device(model, args, device)
     if where.type != "cuda" or not torch.cuda.is_available():
         raise MeasurementError(f"the CUDA memory peak needs a CUDA device, but the model runs on {where}")
     with exclusive_use(model, where):
-        args = tree_map_only(torch.Tensor, lambda t: t.to(where), args)
-        kwargs = tree_map_only(torch.Tensor, lambda t: t.to(where), dict(kwargs))
-
-        def forward() -> object:
-            if autocast is None:
-                return model(*args, **kwargs)
-            with torch.autocast("cuda", dtype=getattr(torch, autocast)):
-                return model(*args, **kwargs)
-
         try:
-            return forward_peak_memory(forward, where)
+            return forward_peak_memory(forward_on(model, args, kwargs, where, autocast), where)
         except torch.OutOfMemoryError as error:
             raise MeasurementError(f"ran out of memory on {where} ({str(error).splitlines()[0]})") from None
         finally:

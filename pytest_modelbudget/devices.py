@@ -17,8 +17,8 @@ import os
 import platform
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -180,6 +180,31 @@ def _threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def autocast_to(device_type: str, dtype: str | None) -> AbstractContextManager[object]:
+    """``torch.autocast`` to ``dtype`` on that device type; nothing when ``dtype`` is None."""
+    import torch
+
+    return torch.autocast(device_type, dtype=getattr(torch, dtype)) if dtype else nullcontext()
+
+
+def forward_on(
+    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], device: torch.device, autocast: str | None
+) -> Callable[[], object]:
+    """``model(*args, **kwargs)`` with the tensor inputs moved to ``device`` once, under autocast
+    when asked: the forward every real run on a device (timing, CUDA memory) repeats."""
+    import torch
+    from torch.utils._pytree import tree_map_only
+
+    args = tree_map_only(torch.Tensor, lambda t: t.to(device), args)
+    kwargs = tree_map_only(torch.Tensor, lambda t: t.to(device), dict(kwargs))
+
+    def forward() -> object:
+        with autocast_to(device.type, autocast):
+            return model(*args, **kwargs)
+
+    return forward
 
 
 @contextmanager

@@ -24,7 +24,8 @@ from typing import Any
 from .baselines import ROOT_MODULE
 from .checks import Check, Status
 from .html_assets import CSS, SCRIPT
-from .metrics import METRICS_BY_NAME
+from .metrics import METRICS_BY_NAME, beyond_float32
+from .report import dtype_breakdown
 from .results import CallResult
 from .units import format_bytes, format_count, format_duration
 
@@ -281,18 +282,13 @@ def _stats(result: CallResult) -> Iterator[str]:
             f"{timing.samples} samples"
         )
         items.insert(5, ("latency", f"{format_duration(timing.median_ms)} ({detail})"))
-    if set(result.macs_by_dtype) - {"float32"}:
-        items.insert(1, ("MACs by dtype", _dtype_detail(result.macs_by_dtype)))
+    if beyond_float32(result.macs_by_dtype):
+        items.insert(1, ("MACs by dtype", dtype_breakdown(result.macs_by_dtype)))
     cells = "".join(f"<div><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>" for name, value in items)
     where = f"counted on {result.executed_on}, {result.convention}"
     if timing and timing.fingerprint:
         where += f"; timed on {timing.fingerprint}"
     yield f'<dl class="stats">{cells}</dl><p class="muted small">{_e(where)}</p>'
-
-
-def _dtype_detail(macs_by_dtype: Mapping[str, int]) -> str:
-    ordered = sorted(macs_by_dtype.items(), key=lambda item: (-item[1], item[0]))
-    return ", ".join(f"{dtype} {format_count(n)}" for dtype, n in ordered)
 
 
 def _check_bar(result: CallResult, check: Check) -> Iterator[str]:

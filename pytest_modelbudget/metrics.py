@@ -70,8 +70,15 @@ class Readings:
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
-def _float_macs(readings: Readings) -> float:
-    return sum(n for dtype, n in readings.counts.macs_by_dtype.items() if dtype in FLOAT_DTYPES)
+def float_macs(macs_by_dtype: Mapping[str, int]) -> int:
+    """The MACs that ran in a float dtype of 16 bits or more."""
+    return sum(n for dtype, n in macs_by_dtype.items() if dtype in FLOAT_DTYPES)
+
+
+def beyond_float32(macs_by_dtype: Mapping[str, int]) -> bool:
+    """Whether some MACs ran in a dtype other than float32: only then is the breakdown shown
+    (summary, HTML, profile) and kept in budgets.yaml; for a float model it says nothing."""
+    return bool(set(macs_by_dtype) - {"float32"})
 
 
 def _throughput(readings: Readings) -> float | None:
@@ -132,7 +139,7 @@ METRICS: tuple[Metric, ...] = (
         "max_float_macs",
         "count",
         "MACs that ran in a 16-to-64-bit float dtype: in a quantized model, what fell back to float",
-        read=_float_macs,
+        read=lambda r: float_macs(r.counts.macs_by_dtype),
         ratcheted=True,
         zero_allowed=True,  # max_float_macs=0: every MAC stays in its quantized dtype
         # Kept only where some MACs run in another dtype (quantized, float8): for a float

@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .baselines import ROOT_MODULE
-from .report import graph_break_lines
+from .metrics import beyond_float32
+from .report import dtype_breakdown, graph_break_lines
 from .text_table import text_table
 from .units import format_bytes, format_count, format_duration, format_seconds
 
@@ -118,13 +119,8 @@ def _totals(profile: Profile) -> Iterator[str]:
     totals = [
         ("MACs", f"{format_count(counts.macs)} ({counts.macs:,})"),
         *(
-            [
-                (
-                    "MACs by dtype",
-                    ", ".join(f"{d} {format_count(n)}" for d, n in _largest_first(counts.macs_by_dtype)),
-                )
-            ]
-            if set(counts.macs_by_dtype) - {"float32"}
+            [("MACs by dtype", dtype_breakdown(counts.macs_by_dtype))]
+            if beyond_float32(counts.macs_by_dtype)
             else []
         ),
         ("FLOPs", f"{format_count(counts.flops)} ({counts.flops:,})"),
@@ -144,10 +140,6 @@ def _totals(profile: Profile) -> Iterator[str]:
     yield "totals"
     for name, value in totals:
         yield f"  {name:<{width}}  {value}"
-
-
-def _largest_first(by_dtype: Mapping[str, int]) -> list[tuple[str, int]]:
-    return sorted(by_dtype.items(), key=lambda item: (-item[1], item[0]))
 
 
 def to_json(profile: Profile) -> dict[str, Any]:

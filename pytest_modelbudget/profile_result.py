@@ -13,7 +13,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING
 
 from .budgets import METRICS_BY_NAME, parse_budget
-from .metrics import FLOAT_DTYPES
+from .metrics import FLOAT_DTYPES, float_macs
 
 if TYPE_CHECKING:
     from .compiling import CompileStats
@@ -124,8 +124,8 @@ def suggest_limits(counts: Counts, headroom: float) -> dict[str, str]:
             limits[metric.keyword] = round_up_si(measured[name] * (1.0 + headroom), metric.unit)
     # A quantized (or float8) model: keep its MACs out of float, at its float share now.
     if set(counts.macs_by_dtype) - FLOAT_DTYPES:
-        float_macs = sum(n for dtype, n in counts.macs_by_dtype.items() if dtype in FLOAT_DTYPES)
+        in_float = float_macs(counts.macs_by_dtype)
         keyword = METRICS_BY_NAME["float_macs"].keyword
-        limits[keyword] = round_up_si(float_macs * (1.0 + headroom), "count") if float_macs else "0"
+        limits[keyword] = round_up_si(in_float * (1.0 + headroom), "count") if in_float else "0"
     parse_budget(limits)  # the line must be valid for the plugin, whatever the numbers
     return limits

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .checks import Check, Status, StrictRule, Verdict
 from .compiling import GraphBreak
-from .metrics import METRICS_BY_NAME
+from .metrics import METRICS_BY_NAME, beyond_float32
 from .results import CallResult
 from .text_table import text_table
 from .units import format_change, format_count, format_duration
@@ -56,12 +56,21 @@ def describe(check: Check) -> str:
     )
 
 
+def _largest_first(macs_by_dtype: Mapping[str, int]) -> list[tuple[str, int]]:
+    return sorted(macs_by_dtype.items(), key=lambda item: (-item[1], item[0]))
+
+
+def dtype_breakdown(macs_by_dtype: Mapping[str, int]) -> str:
+    """``int8 1 M, float32 324 k``: the MACs of each dtype, largest first."""
+    return ", ".join(f"{dtype} {format_count(n)}" for dtype, n in _largest_first(macs_by_dtype))
+
+
 def dtype_shares(macs_by_dtype: Mapping[str, int]) -> str:
     """``int8`` when every MAC ran in one dtype, else ``int8 98%, float32 2%`` (largest first)."""
     total = sum(macs_by_dtype.values())
     if not total:
         return "-"
-    ordered = sorted(macs_by_dtype.items(), key=lambda item: (-item[1], item[0]))
+    ordered = _largest_first(macs_by_dtype)
     if len(ordered) == 1:
         return ordered[0][0]
     return ", ".join(f"{dtype} {n / total:.0%}" for dtype, n in ordered)
@@ -203,7 +212,7 @@ def summary_lines(
     """The table printed after the run: one row per measured call, then totals."""
     timed = any(r.timing for r in results)
     # The dtypes MACs ran in, only in a run where some did not run in float32.
-    typed = any(set(r.macs_by_dtype) - {"float32"} for r in results)
+    typed = any(beyond_float32(r.macs_by_dtype) for r in results)
     headers = (
         "test",
         "MACs",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .baselines import ROOT_MODULE, Entry, entry_key
 from .checks import Check, Status, StrictRule, Verdict, enforced
 from .compiling import CompileStats
-from .metrics import baseline_values
+from .metrics import baseline_values, beyond_float32
 from .timing import TimingStats
 from .timing_verdicts import LatencyBaseline
 
@@ -122,7 +122,7 @@ class CallResult:
 def _stored_dtypes(macs_by_dtype: Mapping[str, int]) -> dict[str, int]:
     # Kept in budgets.yaml only where it says more than "all float32", so the entries of
     # float models stay as they were.
-    return {} if set(macs_by_dtype) <= {"float32"} else dict(macs_by_dtype)
+    return dict(macs_by_dtype) if beyond_float32(macs_by_dtype) else {}
 
 
 def shallow_modules(by_module: Mapping[str, Any]) -> dict[str, dict[str, int]]:

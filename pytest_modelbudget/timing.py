@@ -276,10 +276,9 @@ def time_forward(
     already (default: from ``settings``).
     """
     import torch
-    from torch.utils._pytree import tree_map_only
 
     from .cuda_memory import forward_peak_memory
-    from .devices import batch_size_of, exclusive_use
+    from .devices import batch_size_of, exclusive_use, forward_on
     from .probes import SpeedProbe
 
     settings = settings or TimingSettings()
@@ -292,14 +291,7 @@ def time_forward(
     if progress:
         progress(f"timing on {where.fingerprint}")
     with exclusive_use(model, device, where.threads):
-        args = tree_map_only(torch.Tensor, lambda t: t.to(device), args)
-        kwargs = tree_map_only(torch.Tensor, lambda t: t.to(device), kwargs)
-
-        def forward() -> object:
-            if settings.autocast is None:
-                return model(*args, **kwargs)
-            with torch.autocast(device.type, dtype=getattr(torch, settings.autocast)):
-                return model(*args, **kwargs)
+        forward = forward_on(model, args, kwargs, device, settings.autocast)
 
         try:
             if settings.compiled:
