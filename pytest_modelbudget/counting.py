@@ -38,7 +38,7 @@ from .held import packed_tensors, storage_bytes
 from .mac_formulas import CONVENTION
 from .model_state import Inventory, model_left_as_it_was
 
-__all__ = ["EXECUTION_MODES", "Counts", "ModuleStats", "OpRecord", "count"]
+__all__ = ["EXECUTION_MODES", "Counts", "ModuleStats", "ModuleTracker", "OpRecord", "count"]
 
 EXECUTION_MODES = ("auto", "meta", "real")
 
@@ -156,7 +156,7 @@ def _count_forward(
 ) -> Counts:
     inventory = Inventory.of(model)
     mode = CountingMode(to_meta=to_meta)
-    tracker = _ModuleTracker({id(module): path for path, module in inventory.modules})
+    tracker = ModuleTracker({id(module): path for path, module in inventory.modules})
     with model_left_as_it_was(inventory, restore_values=not to_meta):
         if to_meta:
             args = tree_map_only(torch.Tensor, mode.meta_tensor, args)
@@ -165,14 +165,14 @@ def _count_forward(
         # it is only pushed where it is needed (see MetaArguments).
         has_rnn = any(isinstance(module, torch.nn.RNNBase) for _, module in inventory.modules)
         function_mode = MetaArguments(mode) if to_meta and has_rnn else nullcontext()
-        device_type = _device_of(inventory, args).split(":")[0]
+        device_type = device_of(inventory, args).split(":")[0]
         with torch.no_grad(), tracker, function_mode, autocast_to(device_type, autocast), mode:
             mode.current_module = tracker.current
             model(*args, **kwargs)
-    return _assemble(model, inventory, mode, "meta" if to_meta else _device_of(inventory, args))
+    return assemble_counts(model, inventory, mode, "meta" if to_meta else device_of(inventory, args))
 
 
-def _device_of(inventory: Inventory, args: tuple[Any, ...]) -> str:
+def device_of(inventory: Inventory, args: tuple[Any, ...]) -> str:
     for _, tensor in inventory.parameters:
         return str(tensor.device)
     for arg in args:
@@ -181,7 +181,9 @@ def _device_of(inventory: Inventory, args: tuple[Any, ...]) -> str:
     return "cpu"
 
 
-def _assemble(model: torch.nn.Module, inventory: Inventory, mode: CountingMode, executed_on: str) -> Counts:
+def assemble_counts(
+    model: torch.nn.Module, inventory: Inventory, mode: CountingMode, executed_on: str
+) -> Counts:
     params = trainable = buffers = 0
     size_by_dtype: Counter[str] = Counter()
     module_params: Counter[str] = Counter()
@@ -220,7 +222,7 @@ def _assemble(model: torch.nn.Module, inventory: Inventory, mode: CountingMode, 
     )
 
 
-class _ModuleTracker:
+class ModuleTracker:
     """Knows which module of the model is running, through global module hooks.
 
     Global hooks are registered only for the duration of the count and removed after,
@@ -235,6 +237,11 @@ class _ModuleTracker:
     def current(self) -> str:
         return self._stack[-1]
 
+    @property
+    def depth(self) -> int:
+        """1 outside the model's forward, more inside a module's forward."""
+        return len(self._stack)
+
     def _enter(self, module: torch.nn.Module, _args: Any) -> None:
         # Modules outside the model (built inside forward) belong to their caller.
         self._stack.append(self._names.get(id(module), self._stack[-1]))
@@ -243,7 +250,7 @@ class _ModuleTracker:
         if len(self._stack) > 1:
             self._stack.pop()
 
-    def __enter__(self) -> _ModuleTracker:
+    def __enter__(self) -> ModuleTracker:
         hooks = torch.nn.modules.module
         self._handles = [
             hooks.register_module_forward_pre_hook(self._enter),

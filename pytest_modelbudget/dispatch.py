@@ -28,7 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import MeasurementError
 from .held import unpacked
-from .mac_formulas import Formula, compute_dtype, is_mac_free, mac_formula
+from .mac_formulas import Formula, compute_dtype, mac_formula
+from .mac_free import is_mac_free
 from .shape_rules import meta_outputs
 
 
@@ -65,16 +66,16 @@ def _from_template(template: Any) -> Any:
     return template
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
+def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _tensors(item)
+            yield from iter_tensors(item)
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
-    return next(_tensors(value), None)
+    return next(iter_tensors(value), None)
 
 
 def _touched_bytes(tensor: torch.Tensor) -> int:
@@ -104,8 +105,8 @@ def _memory_traffic(args: Any, kwargs: Mapping[str, Any], out: Any) -> int:
     """
     inputs = (*args, *(v for k, v in kwargs.items() if k != "out"))
     packed = (t for v in inputs if isinstance(v, torch.ScriptObject) for t in unpacked(v))
-    reads = _unique(itertools.chain(_tensors(inputs), packed))
-    writes = _unique(_tensors(out))
+    reads = _unique(itertools.chain(iter_tensors(inputs), packed))
+    writes = _unique(iter_tensors(out))
     return sum(map(_touched_bytes, reads)) + sum(map(_touched_bytes, writes))
 
 
@@ -191,7 +192,7 @@ class _LiveBytes:
         self.peak = 0
 
     def allocated(self, out: Any) -> None:
-        for tensor in _tensors(out):
+        for tensor in iter_tensors(out):
             nbytes = tensor.numel() * tensor.element_size()
             self.live += nbytes
             weakref.finalize(tensor, self._freed, nbytes)
@@ -204,7 +205,7 @@ class _LiveBytes:
 class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts each ATen op; in meta mode also swaps real tensors for meta ones."""
 
-    def __init__(self, *, to_meta: bool) -> None:
+    def __init__(self, *, to_meta: bool, memory: Any = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.to_meta = to_meta
         self.current_module: Any = lambda: ""
@@ -213,7 +214,9 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.uncounted: Counter[str] = Counter()
         self.macs_by_dtype: Counter[str] = Counter()
         self.ops: list[OpRecord] = []
-        self.memory = _LiveBytes()
+        # What tracks the bytes of fresh outputs: anything with allocated(out) (a training
+        # step shares one tracker across its forward, backward and optimizer step).
+        self.memory = memory if memory is not None else _LiveBytes()
         # id(real tensor) -> (real tensor, meta twin). Holding the real tensor keeps
         # its id from being reused by a new tensor during the count.
         self._meta_twins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dispatch",
         "held",
         "mac_formulas",
+        "mac_free",
         "shape_rules",
         "model_state",
         "timing",
@@ -43,6 +44,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "roofline",
         "benchmark_timer",
         "compiling",
+        "training",
+        "train_memory",
+        "optimizers",
     ),
     "ground": ("errors",),
 }

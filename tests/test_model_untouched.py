@@ -4,11 +4,13 @@ After ``count()``: the same state_dict (keys, tensor objects and values), no hoo
 module and no global module hook, no added, removed or replaced attribute in any module,
 the same training flags and ``requires_grad``, the same torch and Python RNG states. Also
 when the forward raises, and with real execution -- where the forward does write into
-the model (BatchNorm's running statistics) and draws random numbers (dropout).
+the model (BatchNorm's running statistics) and draws random numbers (dropout). A counted
+or timed training step also leaves every `.grad` (None stays None) and a user's optimizer.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import random
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from torch import nn
 from torchvision_models import CLASSIFICATION_MODELS, build_on_meta, default_weights, image_batch, materialize
 
 from pytest_modelbudget.counting import count
+from pytest_modelbudget.training import TrainSpec, count_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 EXECUTIONS = ["auto", "meta", "real"]
@@ -257,3 +260,98 @@ def test_real_execution_restores_running_statistics() -> None:
 def test_no_global_hooks_after_counting() -> None:
     count(nn.Linear(3, 3), (torch.randn(1, 3),))
     assert_no_hooks(nn.Module())
+
+
+# --- training steps ------------------------------------------------------------------
+
+
+def stepped_twice_alike(
+    model: nn.Module, args: tuple[Any, ...], spec: TrainSpec, execution: str = "auto"
+) -> None:
+    """Two counted training steps: equal results, and the model, its ``.grad`` and the
+    process as they were after each."""
+    __tracebackhide__ = True
+    snapshot = Snapshot(model)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    grad_values = {name: g.clone() for name, g in grads.items() if g is not None and g.device.type != "meta"}
+    results = []
+    for _ in range(2):
+        results.append(count_train_step(model, args, spec=spec, execution=execution))
+        snapshot.assert_unchanged()
+        for name, p in model.named_parameters():
+            assert p.grad is grads[name], f"{name}.grad was replaced"
+            if name in grad_values:
+                assert torch.equal(p.grad, grad_values[name]), f"{name}.grad changed value"
+    assert results[0] == results[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CLASSIFICATION_MODELS)
+def test_torchvision_model_training_step_leaves_it_as_it_was(name: str) -> None:
+    model = build_on_meta(name).eval()
+    if default_weights(name).meta["num_params"] <= MATERIALIZE_UP_TO:
+        materialize(model)
+    image = image_batch(name, device=next(model.parameters()).device.type)
+    images = torch.cat([image, image])  # BatchNorm in train mode needs two values per channel
+    snapshot = Snapshot(model)
+    counts = count_train_step(model, (images,), spec=TrainSpec(optimizer="adamw"))
+    snapshot.assert_unchanged()
+    assert all(p.grad is None for p in model.parameters())
+    assert counts.backward_macs > counts.forward.macs  # every model has weight gradients to compute
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_training_step_keeps_existing_gradients_and_running_statistics(execution: str) -> None:
+    model = materialize(build_on_meta("resnet18")).train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()  # a test that already trained: .grad set, BatchNorm stats moved
+    model.layer1.requires_grad_(False)
+    model.fc.weight.grad = None  # None stays None, a tensor stays that very tensor
+    stepped_twice_alike(
+        model, (x,), TrainSpec(torch.randint(0, 1000, (2,)), nn.CrossEntropyLoss(), "adam"), execution
+    )
+
+
+def test_a_user_optimizer_is_never_stepped() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()  # state allocated, as in a real loop
+    state = copy.deepcopy(optimizer.state_dict())
+    stepped_twice_alike(model, (torch.randn(4, 8),), TrainSpec(optimizer=optimizer), "real")
+    after = optimizer.state_dict()
+    assert after["param_groups"] == state["param_groups"]
+    for key, values in state["state"].items():
+        for name, value in values.items():
+            assert torch.equal(after["state"][key][name], value), f"optimizer state {key}.{name} changed"
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_a_training_step_that_raises_leaves_no_trace(execution: str) -> None:
+    model = Noisy().train()
+
+    def failing_loss(out: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the loss failed")
+
+    x = torch.randn(4, 8)
+    snapshot = Snapshot(model)
+    for _ in range(2):
+        with pytest.raises(Exception, match="the loss failed"):
+            count_train_step(model, (x,), spec=TrainSpec(loss=failing_loss), execution=execution)
+        snapshot.assert_unchanged()
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_timing_a_training_step_leaves_the_model_as_it_was() -> None:
+    from pytest_modelbudget.timing import TimingSettings, time_forward
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2)).eval()
+    x = torch.randn(4, 8)
+    snapshot = Snapshot(model)
+    settings = TimingSettings(
+        train=TrainSpec(optimizer="adamw"), min_time_s=0.05, time_budget_s=0.1, min_samples=3
+    )
+    stats = time_forward(model, (x,), None, settings)
+    assert stats.fingerprint.endswith("| train step")
+    snapshot.assert_unchanged()
+    assert all(p.grad is None for p in model.parameters())
