@@ -1,7 +1,8 @@
 """pytest-modelbudget: MAC, parameter and size budgets for PyTorch models, enforced by pytest.
 
 Importing this package does not import torch (pytest imports plugins on every run);
-``count`` and ``Counts`` are loaded from :mod:`pytest_modelbudget.counting` on first use.
+``count`` and ``Counts`` are loaded from :mod:`pytest_modelbudget.counting` on first use,
+``count_train_step``, ``TrainSpec`` and ``TrainCounts`` from :mod:`pytest_modelbudget.training`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .counting import Counts, count
+    from .training import TrainCounts, TrainSpec, count_train_step
 
-__all__ = ["Counts", "__version__", "count"]
+__all__ = ["Counts", "TrainCounts", "TrainSpec", "__version__", "count", "count_train_step"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from . import counting
 
         return getattr(counting, name)
+    if name in ("count_train_step", "TrainSpec", "TrainCounts"):
+        from . import training
+
+        return getattr(training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

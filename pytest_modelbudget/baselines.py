@@ -32,6 +32,8 @@ from .metrics import COMPILED, RATCHETED
 from .timing_verdicts import STORED_KEYS
 
 FORMAT_VERSION = 1
+# What `modules:` keeps per module path: forward MACs, params, and a training step's backward MACs.
+MODULE_KEYS = ("macs", "params", "backward_macs")
 ROOT_MODULE = "(root)"  # how the model's own ops and params appear in `modules:`
 
 HEADER = """\
@@ -241,9 +243,9 @@ def _validate_entry(value: Any, where: str, key: str) -> Entry:
         raise BaselineFileError(where, "'modules' must be a mapping of module path to counts", key)
     modules: dict[str, dict[str, int]] = {}
     for path, stats in modules_raw.items():
-        if not isinstance(stats, dict) or not set(stats) <= {"macs", "params"}:
+        if not isinstance(stats, dict) or not set(stats) <= set(MODULE_KEYS):
             raise BaselineFileError(
-                where, f"modules.{path} must be a mapping with 'macs' and/or 'params'", key
+                where, f"modules.{path} must be a mapping with {', '.join(map(repr, MODULE_KEYS))}", key
             )
         modules[str(path)] = {k: _count(v, where, key, f"modules.{path}.{k}") for k, v in stats.items()}
     convention = value.get("convention")

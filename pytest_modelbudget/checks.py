@@ -164,12 +164,13 @@ def check_call(
     *,
     timed_limits: Mapping[Limit, TimedVerdict] | None = None,
     latency_baseline: TimedVerdict | None = None,
+    timed_metric: str = "latency_ms",
 ) -> tuple[Check, ...]:
     """Every check of one call: its limits (marker, then file), then its baselines.
 
     Timed limits were judged while timing (a slow-looking measurement is repeated before
     it is believed), so their verdicts come in ``timed_limits``; the latency baseline's
-    in ``latency_baseline``.
+    in ``latency_baseline``, judged as ``timed_metric`` (a training step's ``train_step_ms``).
     """
     timed_limits = timed_limits or {}
     checks: list[Check] = []
@@ -184,7 +185,7 @@ def check_call(
         verdict = latency_baseline
         checks.append(
             Check(
-                "latency_ms",
+                timed_metric,
                 verdict.measured_ms,
                 verdict.reference_ms,
                 Source.BASELINE,

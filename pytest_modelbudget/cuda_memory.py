@@ -8,6 +8,7 @@ estimate from the dispatch trace instead (:attr:`~.counting.Counts.peak_memory`)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from .errors import MeasurementError
@@ -17,7 +18,11 @@ if TYPE_CHECKING:
 
 
 def forward_peak_memory(forward: Callable[[], object], device: torch.device) -> int:
-    """Allocator peak of one ``forward()`` above the level before it, after a first call."""
+    """Allocator peak of one ``forward()`` above the level before it, after a first call.
+
+    A training step (:func:`~.training.train_step_on`) adds what it holds between steps
+    (parameters, buffers, optimizer state), so its peak is the whole step's, as estimated.
+    """
     import torch
 
     forward()  # first call: lazy init and workspaces are not the forward's own memory
@@ -26,7 +31,7 @@ def forward_peak_memory(forward: Callable[[], object], device: torch.device) -> 
     torch.cuda.reset_peak_memory_stats(device)
     forward()
     torch.cuda.synchronize(device)
-    return int(torch.cuda.max_memory_allocated(device) - before)
+    return int(torch.cuda.max_memory_allocated(device) - before) + getattr(forward, "held_bytes", 0)
 
 
 def cuda_peak_memory(
@@ -36,8 +41,10 @@ def cuda_peak_memory(
     *,
     device: str | None = None,
     autocast: str | None = None,
+    train: Any = None,
 ) -> int:
-    """CUDA allocator peak of one forward on ``device`` (default: the model's).
+    """CUDA allocator peak of one forward on ``device`` (default: the model's), or of one
+    steady-state training step with ``train`` (a :class:`~.training.TrainSpec`).
 
     The model and its inputs are moved there for the measurement and the model back after;
     ``autocast`` runs the forward under ``torch.autocast`` to that dtype, as timing does.
@@ -49,9 +56,16 @@ def cuda_peak_memory(
     where = target_device(model, args, device)
     if where.type != "cuda" or not torch.cuda.is_available():
         raise MeasurementError(f"the CUDA memory peak needs a CUDA device, but the model runs on {where}")
-    with exclusive_use(model, where):
+    with ExitStack() as stack:
+        stack.enter_context(exclusive_use(model, where, inference=train is None))
+        if train is not None:
+            from .training import train_step_on
+
+            run = stack.enter_context(train_step_on(model, args, kwargs, where, train))
+        else:
+            run = forward_on(model, args, kwargs, where, autocast)
         try:
-            return forward_peak_memory(forward_on(model, args, kwargs, where, autocast), where)
+            return forward_peak_memory(run, where)
         except torch.OutOfMemoryError as error:
             raise MeasurementError(f"ran out of memory on {where} ({str(error).splitlines()[0]})") from None
         finally:

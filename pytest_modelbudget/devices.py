@@ -114,11 +114,13 @@ def placement(
     cuda_graph: bool,
     autocast: str | None = None,
     compiled: str | None = None,
+    train: bool = False,
 ) -> Placement:
     """The device (``device``, else the model's), thread count and fingerprint of a timed call.
 
     ``compiled``: the mode of a compiled call (``compiled``, ``compiled:max-autotune``), so its
-    latency is never compared with the eager baseline of the same model.
+    latency is never compared with the eager baseline of the same model; ``train``: a
+    training step's fingerprint (mode ``train step``).
     """
     import torch
 
@@ -133,7 +135,13 @@ def placement(
             "cuda_graph and compile cannot be combined; use compile={'mode': 'reduce-overhead'}, "
             "torch.compile's own CUDA graphs"
         )
-    mode = compiled or ("cuda-graph" if cuda_graph else "eager")
+    if train and (compiled or cuda_graph or autocast):
+        raise MeasurementError(
+            "a training step is timed eagerly, in the model's dtype: drop compile, cuda_graph and "
+            "autocast from a train_step budget"
+        )
+    # A training step's time is never compared with a forward's baseline of the same model.
+    mode = "train step" if train else compiled or ("cuda-graph" if cuda_graph else "eager")
     dtype = f"{autocast} autocast" if autocast else dtype_name(_dtype_of(model, args))
     key = fingerprint(where, threads=cpu_threads or torch.get_num_threads(), dtype=dtype, mode=mode)
     return Placement(where, cpu_threads, key)
@@ -208,8 +216,11 @@ def forward_on(
 
 
 @contextmanager
-def exclusive_use(model: Any, device: torch.device, threads: int | None = None) -> Iterator[None]:
-    """Run the model alone on ``device``, in inference mode; leave it as it was after."""
+def exclusive_use(
+    model: Any, device: torch.device, threads: int | None = None, *, inference: bool = True
+) -> Iterator[None]:
+    """Run the model alone on ``device``, in inference mode (unless ``inference`` is False:
+    a training step); leave it as it was after."""
     import torch
 
     from .model_state import Inventory, model_left_as_it_was
@@ -219,6 +230,6 @@ def exclusive_use(model: Any, device: torch.device, threads: int | None = None) 
         model_left_as_it_was(Inventory.of(model), restore_values=True),
         _on_device(model, device),
         _threads(threads),
-        torch.inference_mode(),
+        torch.inference_mode() if inference else nullcontext(),
     ):
         yield

@@ -11,9 +11,10 @@ from __future__ import annotations
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,6 +27,9 @@ from .measure import measure_call
 from .options import BUDGET_KEY, CALLS_KEY, ModelBudgetWarning
 from .results import CallResult, Measurement
 from .session import SESSION_KEY
+
+if TYPE_CHECKING:
+    from .training import TrainSpec
 
 
 class ModelBudget:
@@ -61,20 +65,60 @@ class ModelBudget:
         __tracebackhide__ = True
         kwargs = dict(kwargs or {})
         key = self._register_call(name)
-        if not callable(model):
-            raise pytest.fail.Exception(
-                f"model_budget expects a torch.nn.Module as first argument, got {type(model).__name__}",
-                pytrace=False,
-            )
-        if not args and not kwargs:
-            raise pytest.fail.Exception(
-                "model_budget needs the forward's inputs: model_budget(model, torch.randn(1, 3, 224, 224))",
-                pytrace=False,
-            )
+        self._require_inputs(model, args, kwargs, "model_budget")
         if self._session is None:
             model(*args, **kwargs)
             return None
         return self._measure(model, args, kwargs, name, key)
+
+    def train_step(
+        self,
+        model: Any,
+        *inputs: Any,
+        target: Any = None,
+        loss: Any = None,
+        optimizer: Any = None,
+        name: str | None = None,
+        **forward_kwargs: Any,
+    ) -> Measurement | None:
+        """Measure one training step: ``loss(model(*inputs, **forward_kwargs), target)``,
+        backward, ``optimizer`` step (see docs/training.md).
+
+        ``loss`` None: the sum of the output's floating-point tensors; ``loss(output)`` when
+        there is no ``target``. ``optimizer``: a name (``"adamw"``), an optimizer class, a
+        callable ``params -> optimizer``, an optimizer built over the model's parameters, or
+        None (forward and backward only). The model, its gradients and buffers and a given
+        optimizer are left exactly as they were. Without ``--model-budget`` it runs one real
+        step on copies of the parameters.
+        """
+        __tracebackhide__ = True
+        from .training import TrainSpec
+
+        key = self._register_call(name)
+        self._require_inputs(model, inputs, forward_kwargs, "model_budget.train_step")
+        spec = TrainSpec(target=target, loss=loss, optimizer=optimizer)
+        if self._session is None:
+            from .training import run_train_step
+
+            with self._errors_as_failures(key, "training step"):
+                run_train_step(model, inputs, forward_kwargs, spec)
+            return None
+        return self._measure(model, inputs, forward_kwargs, name, key, train=spec)
+
+    def _require_inputs(
+        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str
+    ) -> None:
+        __tracebackhide__ = True
+        if not callable(model):
+            raise pytest.fail.Exception(
+                f"{what} expects a torch.nn.Module as first argument, got {type(model).__name__}",
+                pytrace=False,
+            )
+        if not args and not kwargs:
+            raise pytest.fail.Exception(
+                f"{what} needs the forward's inputs: {what}(model, torch.randn(1, 3, 224, 224))",
+                pytrace=False,
+            )
 
     def _register_call(self, name: str | None) -> str:
         __tracebackhide__ = True
@@ -95,12 +139,18 @@ class ModelBudget:
         return key
 
     def _measure(
-        self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None, key: str
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        key: str,
+        train: TrainSpec | None = None,
     ) -> Measurement:
         __tracebackhide__ = True
         session = self._session
         assert session is not None
-        try:
+        with self._errors_as_failures(key, "forward" if train is None else "training step"):
             result, measurement = measure_call(
                 model,
                 args,
@@ -112,15 +162,8 @@ class ModelBudget:
                 settings=session.call_settings,
                 progress=self._progress(),
                 earlier_inputs=[(a, k) for m, a, k in self._calls if m is model],
+                train=train,
             )
-        except CompileError as error:
-            raise pytest.fail.Exception(f"model_budget: {key}: {error}", pytrace=False) from None
-        except MeasurementError as error:
-            raise pytest.fail.Exception(
-                f"model_budget: {error}\n  (while measuring {key})", pytrace=False
-            ) from None
-        except Exception as error:  # the model's own error, shown as such
-            raise pytest.fail.Exception(_forward_error(error, key), pytrace=False) from None
         self._calls.append((model, args, kwargs))
         session.results.append(result)
         self._item.user_properties.extend(report.junit_properties(result))
@@ -132,6 +175,23 @@ class ModelBudget:
                 "\n".join(report.failure_lines(result, session.display_path)), pytrace=False
             )
         return measurement
+
+    @contextmanager
+    def _errors_as_failures(self, key: str, what: str = "forward") -> Iterator[None]:
+        """A measuring error or the model's own as one failure message, never our traceback."""
+        __tracebackhide__ = True
+        try:
+            yield
+        except CompileError as error:
+            raise pytest.fail.Exception(f"model_budget: {key}: {error}", pytrace=False) from None
+        except MeasurementError as error:
+            raise pytest.fail.Exception(
+                f"model_budget: {error}\n  (while measuring {key})", pytrace=False
+            ) from None
+        except pytest.fail.Exception:
+            raise
+        except Exception as error:  # the model's own error, shown as such
+            raise pytest.fail.Exception(_forward_error(error, key, what), pytrace=False) from None
 
     def _share_with_pytest_benchmark(self, result: CallResult) -> None:
         """A test that also uses pytest-benchmark gets the metrics in its extra_info."""
@@ -159,7 +219,7 @@ class ModelBudget:
         return say
 
 
-def _forward_error(error: BaseException, key: str) -> str:
+def _forward_error(error: BaseException, key: str, what: str = "forward") -> str:
     """The model's exception as one message, pointing at the user's code, not ours."""
     frames = traceback.extract_tb(error.__traceback__)
     ours = str(Path(__file__).parent)
@@ -167,6 +227,6 @@ def _forward_error(error: BaseException, key: str) -> str:
     user = [f for f in frames if not f.filename.startswith((ours, torch_dir))]
     where = f"\n  at {user[-1].filename}:{user[-1].lineno} in {user[-1].name}" if user else ""
     return (
-        f"model_budget: the model's forward raised {type(error).__name__}: {error}{where}\n"
+        f"model_budget: the model's {what} raised {type(error).__name__}: {error}{where}\n"
         f"  (while measuring {key}; the model was left as it was)"
     )

@@ -25,7 +25,7 @@ from .baselines import ROOT_MODULE
 from .checks import Check, Status
 from .html_assets import CSS, SCRIPT
 from .metrics import METRICS_BY_NAME, beyond_float32
-from .report import dtype_breakdown
+from .report import dtype_breakdown, memory_breakdown
 from .results import CallResult
 from .units import format_bytes, format_count, format_duration
 
@@ -46,6 +46,11 @@ _LABELS = {
     "throughput": "throughput",
     "memory": "peak memory",
     "max_batch": "max batch",
+    "train_macs": "train MACs",
+    "train_flops": "train FLOPs",
+    "train_memory": "train memory (estimate)",
+    "train_cuda_memory": "train memory (CUDA)",
+    "train_step_ms": "train step",
 }
 
 _SOURCES = {"marker": "marker limit", "budgets.yaml limits": "budgets.yaml limit", "baseline": "baseline"}
@@ -268,6 +273,9 @@ def _section(index: int, result: CallResult) -> Iterator[str]:
     yield "</section>"
 
 
+_TRAIN_STATS = ("train_macs", "train_flops", "train_memory", "train_cuda_memory")
+
+
 def _stats(result: CallResult) -> Iterator[str]:
     metrics = result.metrics
     items = [
@@ -281,9 +289,13 @@ def _stats(result: CallResult) -> Iterator[str]:
             f"p90 {format_duration(timing.p90_ms)}, IQR {format_duration(timing.iqr_ms)}, "
             f"{timing.samples} samples"
         )
-        items.insert(5, ("latency", f"{format_duration(timing.median_ms)} ({detail})"))
+        timed = "train step" if "train_step_ms" in metrics else "latency"
+        items.insert(5, (timed, f"{format_duration(timing.median_ms)} ({detail})"))
     if beyond_float32(result.macs_by_dtype):
         items.insert(1, ("MACs by dtype", dtype_breakdown(result.macs_by_dtype)))
+    items += [(_label(name), _format(name, metrics[name])) for name in _TRAIN_STATS if name in metrics]
+    if result.memory_by_kind:
+        items.append(("training peak holds", memory_breakdown(result.memory_by_kind)))
     cells = "".join(f"<div><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>" for name, value in items)
     where = f"counted on {result.executed_on}, {result.convention}"
     if timing and timing.fingerprint:

@@ -16,7 +16,7 @@ from .baselines import Entry, entry_key
 from .budgets import Budget, CallBudget, CallSettings, Limit, resolve
 from .checks import call_verdict, check_call, strict_failures
 from .errors import MeasurementError
-from .metrics import COMPILED, Readings, read_all
+from .metrics import COMPILED, FORWARD_ONLY, TRAIN_ONLY, Readings, read_all
 from .results import CallResult, Measurement, shallow_modules
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .counting import Counts
     from .timing import Progress, TimingStats
     from .timing_verdicts import TimingJudgement
+    from .training import TrainCounts, TrainSpec
 
 MODULE_DEPTH = 2  # levels of the module tree kept in budgets.yaml for failure messages
 
@@ -40,8 +41,13 @@ def measure_call(
     settings: CallSettings,
     progress: Progress | None = None,
     earlier_inputs: Sequence[Inputs] = (),
+    train: TrainSpec | None = None,
 ) -> tuple[CallResult, Measurement]:
     """Count (and time, when the budget asks for it) one forward pass and judge it.
+
+    With ``train`` the call is one training step (forward, loss, backward, optimizer step):
+    counted with :func:`~.training.count_train_step`, timed as a step, its forward metrics
+    (MACs, params, size) those of the forward in train mode.
 
     A compiled call (``compile`` option, ``--budget-compile``, or a model the user compiled)
     counts the eager model, compiles it in a clean dynamo state, runs it on ``earlier_inputs``
@@ -57,19 +63,34 @@ def measure_call(
 
     require_module(model)
     budget = resolve(marker, entry.budget if entry else None, settings)
+    _check_call_kind(budget, train is not None)
+    if train is not None:
+        budget = replace(budget, timing=replace(budget.timing, train=train))
     compiled_as_given = is_compiled(model) and budget.compile is None and not budget.eager
+    if train is not None and (compiled_as_given or budget.compile is not None):
+        raise MeasurementError(
+            "a training step is counted and timed eagerly: pass the model itself, not a "
+            "torch.compile'd one, and drop compile= (compiled training steps are not measured yet)"
+        )
     eager = eager_model(model)
     on_cuda = target_device(eager, args, budget.timing.device).type == "cuda"
     if budget.autocast:  # True: the usual half dtype of the device
         dtype = budget.autocast if isinstance(budget.autocast, str) else "float16" if on_cuda else "bfloat16"
         budget = replace(budget, timing=replace(budget.timing, autocast=dtype))
-    counts = count(eager, args, kwargs, autocast=budget.timing.autocast)
+    train_counts: TrainCounts | None = None
+    if train is not None:
+        from .training import count_train_step
+
+        train_counts = count_train_step(eager, args, kwargs, train)
+        counts = train_counts.forward
+    else:
+        counts = count(eager, args, kwargs, autocast=budget.timing.autocast)
     judgement: TimingJudgement | None = None
     timed_limits: tuple[Limit, ...] = ()
     timing: TimingStats | None = None
     compiled: CompileStats | None = None
     if budget.timed:
-        timed_limits = tuple(limit for limit in budget.limits if limit.metric in ("latency_ms", "throughput"))
+        timed_limits = tuple(limit for limit in budget.limits if limit.metric in _TIMED_LIMITS)
     compiled_call = budget.compile is not None or compiled_as_given
     _check_compile_budget(budget, compiled_call)
     if compiled_call:
@@ -86,11 +107,12 @@ def measure_call(
         counts=counts,
         latency_stat=budget.latency_stat,
         timing=timing,
-        roofline_ms=_roofline_ms(counts, budget),
+        roofline_ms=None if train else _roofline_ms(counts, budget),
         cuda_memory=_cuda_memory(eager, args, kwargs, budget, timing) if on_cuda else None,
         on_cuda=on_cuda,
         max_batch=_max_batch(eager, args, kwargs, budget),
         compiled=compiled,
+        train=train_counts,
     )
     measured = read_all(readings)
     has_baseline = entry is not None and bool(entry.metrics)
@@ -100,12 +122,16 @@ def measure_call(
         entry.metrics if entry is not None and has_baseline else None,
         timed_limits=dict(zip(timed_limits, judgement.limits, strict=True)) if judgement else None,
         latency_baseline=judgement.baseline if judgement else None,
+        timed_metric="train_step_ms" if train else "latency_ms",
     )
     result = CallResult(
         nodeid=nodeid,
         name=name,
         metrics=measured,
-        modules=shallow_modules(counts.by_module(MODULE_DEPTH)),
+        modules=shallow_modules(
+            counts.by_module(MODULE_DEPTH),
+            train_counts.backward_by_module(MODULE_DEPTH) if train_counts else None,
+        ),
         uncounted=dict(counts.uncounted),
         convention=counts.convention,
         executed_on=counts.executed_on,
@@ -120,9 +146,15 @@ def measure_call(
         timing=timing,
         macs_by_dtype=dict(counts.macs_by_dtype),
         compiled=compiled,
+        memory_by_kind=dict(train_counts.memory_by_kind) if train_counts else {},
     )
     measurement = Measurement(
-        key=entry_key(nodeid, name), counts=counts, checks=checks, timing=timing, compiled=compiled
+        key=entry_key(nodeid, name),
+        counts=counts,
+        checks=checks,
+        timing=timing,
+        compiled=compiled,
+        train=train_counts,
     )
     return result, measurement
 
@@ -153,7 +185,7 @@ def _time(
 
     def limit_ms(limit: Limit) -> float:
         # A throughput limit is judged as the latency it allows at this batch size.
-        return limit.value if limit.metric == "latency_ms" else batch * 1e3 / limit.value
+        return limit.value if limit.metric in ("latency_ms", "train_step_ms") else batch * 1e3 / limit.value
 
     judgement = measure_and_judge(
         lambda: time_forward(
@@ -172,6 +204,31 @@ def _time(
     # during the measurement, elsewhere a set taken now.
     kept = recorded(judgement.measurements, budget.latency_stat)
     return judgement, replace(kept, probes=kept.probes or measure_probes())
+
+
+# The limits judged while timing: the rest are compared with a value after measuring.
+_TIMED_LIMITS = ("latency_ms", "throughput", "train_step_ms")
+
+
+def _check_call_kind(budget: CallBudget, train: bool) -> None:
+    """Limits the call cannot measure: training-step metrics on a forward, and forward-only
+    ones (or autocast) on a training step -- an error, not a silently unchecked limit."""
+    wrong = TRAIN_ONLY if not train else FORWARD_ONLY
+    limited = sorted({limit.definition.keyword for limit in budget.limits if limit.metric in wrong})
+    if limited and not train:
+        raise MeasurementError(
+            f"{', '.join(limited)} limit(s) a training step: measure it with "
+            "model_budget.train_step(model, *inputs, target=..., loss=..., optimizer=...)"
+        )
+    if limited:
+        raise MeasurementError(
+            f"{', '.join(limited)} limit(s) a forward pass, not a training step: use max_train_step_ms, "
+            "max_train_memory or max_train_macs, or measure the forward with model_budget(model, ...)"
+        )
+    if train and budget.autocast:
+        raise MeasurementError(
+            "autocast is not supported for training steps yet: drop autocast= from the budget"
+        )
 
 
 def _check_compile_budget(budget: CallBudget, compiled_call: bool) -> None:
@@ -209,14 +266,18 @@ def _cuda_memory(
     budget: CallBudget,
     timing: TimingStats | None,
 ) -> int | None:
-    """The allocator peak on CUDA: from the timed run, else one forward when a limit needs it."""
+    """The allocator peak on CUDA: from the timed run, else one forward when a limit needs it
+    (one training step, always, for a training step: it is reported beside the estimate)."""
     if timing is not None and timing.peak_memory is not None:
         return timing.peak_memory
-    if not budget.limited("memory") or not budget.timing_enabled:  # --budget-no-timing: none
-        return None
+    train = budget.timing.train
+    if not (budget.limited("memory") or train is not None) or not budget.timing_enabled:
+        return None  # --budget-no-timing: nothing runs on the device
     from .cuda_memory import cuda_peak_memory
 
-    return cuda_peak_memory(model, args, kwargs, device=budget.timing.device, autocast=budget.timing.autocast)
+    return cuda_peak_memory(
+        model, args, kwargs, device=budget.timing.device, autocast=budget.timing.autocast, train=train
+    )
 
 
 def _max_batch(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .compiling import CompileStats
     from .counting import Counts
     from .timing import TimingStats
+    from .training import TrainCounts
 
 _PARSERS: dict[str, Callable[[object], float]] = {
     "count": parse_count,
@@ -64,6 +65,7 @@ class Readings:
     max_batch: int | None = None  # when min_max_batch asked for the search
     latency_stat: str = "median"  # the statistic latency is judged by: "median" or "p90"
     compiled: CompileStats | None = None  # when the call was compiled (compile=True)
+    train: TrainCounts | None = None  # when the call is a training step (model_budget.train_step)
 
 
 # Float dtypes of 16 bits or more: where a quantized model's MACs run when they fall back.
@@ -92,7 +94,17 @@ def _throughput(readings: Readings) -> float | None:
 
 def _memory(readings: Readings) -> float | None:
     # On CUDA the allocator's peak (when measured); elsewhere the dispatch-trace estimate.
+    # A training step has its own (train_memory, train_cuda_memory).
+    if readings.train is not None:
+        return None
     return readings.cuda_memory if readings.on_cuda else readings.counts.peak_memory
+
+
+def _step_time(readings: Readings, train: bool) -> float | None:
+    # The timed statistic is a forward's latency or a training step's time, never both.
+    if readings.timing is None or (readings.train is not None) != train:
+        return None
+    return readings.timing.stat(readings.latency_stat)
 
 
 @dataclass(frozen=True)
@@ -174,14 +186,14 @@ METRICS: tuple[Metric, ...] = (
         "max_latency_ms",
         "ms",
         "latency of one forward (median, or p90 with latency_stat)",
-        read=lambda r: r.timing.stat(r.latency_stat) if r.timing else None,
+        read=lambda r: _step_time(r, train=False),
         timed=True,
     ),
     Metric(
         "throughput",
         "min_throughput",
         "rate",
-        "items per second (batch / latency)",
+        "items per second (batch / latency, or batch / step time of a training step)",
         read=_throughput,
         timed=True,
         higher_is_better=True,
@@ -208,6 +220,46 @@ METRICS: tuple[Metric, ...] = (
         read=lambda r: r.max_batch,
         timed=True,
         higher_is_better=True,
+    ),
+    # Training steps (model_budget.train_step): counted on meta tensors like the forward.
+    Metric(
+        "train_macs",
+        "max_train_macs",
+        "count",
+        "MACs of one training step: forward, loss and backward (recomputed checkpoints included)",
+        read=lambda r: r.train.macs if r.train else None,
+        ratcheted=True,
+    ),
+    Metric(
+        "train_flops",
+        "max_train_flops",
+        "count",
+        "floating-point operations of one training step, 2 x train MACs",
+        read=lambda r: r.train.flops if r.train else None,
+    ),
+    Metric(
+        "train_memory",
+        "max_train_memory",
+        "bytes",
+        "estimated peak memory of a steady-state training step: params, grads, optimizer state, "
+        "activations, temporaries",
+        read=lambda r: r.train.memory if r.train else None,
+        ratcheted=True,
+    ),
+    Metric(
+        "train_cuda_memory",
+        "max_train_cuda_memory",
+        "bytes",
+        "CUDA allocator peak of one real training step (CUDA only)",
+        read=lambda r: r.cuda_memory if r.train and r.on_cuda else None,
+    ),
+    Metric(
+        "train_step_ms",
+        "max_train_step_ms",
+        "ms",
+        "time of one synchronized training step (median, or p90 with latency_stat)",
+        read=lambda r: _step_time(r, train=True),
+        timed=True,
     ),
     # Compiled calls (compile=True): dynamo's own records, deterministic for given code and torch.
     Metric(
@@ -260,6 +312,9 @@ METRICS: tuple[Metric, ...] = (
 METRICS_BY_NAME = {m.name: m for m in METRICS}
 METRICS_BY_KEYWORD = {m.keyword: m for m in METRICS}
 RATCHETED = tuple(m.name for m in METRICS if m.ratcheted)
+# Measured only by a training step, and the forward-only metrics a training step has no value for.
+TRAIN_ONLY = ("train_macs", "train_flops", "train_memory", "train_cuda_memory", "train_step_ms")
+FORWARD_ONLY = ("latency_ms", "memory", "roofline_ms", "max_batch")
 COMPILED = tuple(m.name for m in METRICS if m.compiled)
 
 # The order values are read in, and so the order of a call's metrics in every report:

@@ -17,7 +17,7 @@ from .compiling import GraphBreak
 from .metrics import METRICS_BY_NAME, beyond_float32
 from .results import CallResult
 from .text_table import text_table
-from .units import format_change, format_count, format_duration
+from .units import format_bytes, format_change, format_count, format_duration
 
 _MODULES_SHOWN = 3
 # The order verdicts are counted in, in the summary line and the JSON report.
@@ -63,6 +63,11 @@ def _largest_first(macs_by_dtype: Mapping[str, int]) -> list[tuple[str, int]]:
 def dtype_breakdown(macs_by_dtype: Mapping[str, int]) -> str:
     """``int8 1 M, float32 324 k``: the MACs of each dtype, largest first."""
     return ", ".join(f"{dtype} {format_count(n)}" for dtype, n in _largest_first(macs_by_dtype))
+
+
+def memory_breakdown(memory_by_kind: Mapping[str, int]) -> str:
+    """``params 46.8 MB, grads 44 MB, ...``: a training step's peak by kind, in its order."""
+    return ", ".join(f"{kind.replace('_', ' ')} {format_bytes(n)}" for kind, n in memory_by_kind.items())
 
 
 def dtype_shares(macs_by_dtype: Mapping[str, int]) -> str:
@@ -123,6 +128,8 @@ def _broken_budget_lines(result: CallResult, budgets_file: str) -> Iterator[str]
     for check in failed:
         yield f"  {describe(check)}"
     yield from _grown_modules(result, failed)
+    if any(c.metric in ("train_memory", "train_cuda_memory") for c in failed) and result.memory_by_kind:
+        yield f"  the estimated peak holds: {memory_breakdown(result.memory_by_kind)}"
     yield from compile_lines(result, {c.metric for c in failed})
     if any(c.is_baseline for c in failed):
         yield (
@@ -135,12 +142,20 @@ def _broken_budget_lines(result: CallResult, budgets_file: str) -> Iterator[str]
         yield f"A limit from {source} is a hard contract: shrink the model or raise the limit in {where}."
 
 
+# The per-module figure of `modules:` in budgets.yaml that explains each failed metric.
+_MODULE_STATS = {
+    "macs": ("macs", "flops"),
+    "params": ("params",),
+    "backward_macs": ("train_macs", "train_flops"),
+}
+
+
 def _grown_modules(result: CallResult, failed: Sequence[Check]) -> Iterator[str]:
     before = result.baseline_modules
     if not before:
         return
-    for metric in ("macs", "params"):
-        if not any(c.metric == metric or (metric == "macs" and c.metric == "flops") for c in failed):
+    for metric, judged_by in _MODULE_STATS.items():
+        if not any(c.metric in judged_by for c in failed):
             continue
         grown = []
         for path, stats in result.modules.items():
@@ -353,6 +368,7 @@ def json_report(
                 "timing": result.timing.to_dict() if result.timing else None,
                 "macs_by_dtype": dict(result.macs_by_dtype),
                 "compiled": result.compiled.to_dict() if result.compiled else None,
+                "memory_by_kind": dict(result.memory_by_kind),
             }
         )
     return {

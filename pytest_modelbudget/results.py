@@ -21,6 +21,7 @@ from .timing_verdicts import LatencyBaseline
 
 if TYPE_CHECKING:
     from .counting import Counts
+    from .training import TrainCounts
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class CallResult:
     timing: TimingStats | None = None  # the measurement judged (or recorded), when timed
     macs_by_dtype: Mapping[str, int] = field(default_factory=dict)  # the dtypes the MACs ran in
     compiled: CompileStats | None = None  # graph breaks, recompiles, ... of a compiled call
+    # A training step's estimated memory at its peak, by kind (training.MEMORY_KINDS).
+    memory_by_kind: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -95,6 +98,7 @@ class CallResult:
             "timing": self.timing.to_dict() if self.timing else None,
             "macs_by_dtype": dict(self.macs_by_dtype),
             "compiled": self.compiled.to_dict() if self.compiled else None,
+            "memory_by_kind": dict(self.memory_by_kind),
         }
 
     @classmethod
@@ -116,6 +120,7 @@ class CallResult:
             timing=TimingStats.from_dict(data["timing"]) if data["timing"] else None,
             macs_by_dtype=dict(data["macs_by_dtype"]),
             compiled=CompileStats.from_dict(data["compiled"]) if data.get("compiled") else None,
+            memory_by_kind=dict(data.get("memory_by_kind") or {}),
         )
 
 
@@ -125,13 +130,19 @@ def _stored_dtypes(macs_by_dtype: Mapping[str, int]) -> dict[str, int]:
     return dict(macs_by_dtype) if beyond_float32(macs_by_dtype) else {}
 
 
-def shallow_modules(by_module: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """A ``Counts.by_module(depth)`` mapping -> the ``modules:`` block of an entry."""
+def shallow_modules(
+    by_module: Mapping[str, Any], backward: Mapping[str, int] | None = None
+) -> dict[str, dict[str, int]]:
+    """A ``Counts.by_module(depth)`` mapping -> the ``modules:`` block of an entry; a training
+    step adds each module's ``backward_macs`` (``TrainCounts.backward_by_module(depth)``)."""
     modules: dict[str, dict[str, int]] = {}
     for path, stats in by_module.items():
         if stats.macs or stats.params:
             modules[path or ROOT_MODULE] = {"macs": int(stats.macs), "params": int(stats.params)}
-    return modules
+    for path, macs in (backward or {}).items():
+        if macs:
+            modules.setdefault(path or ROOT_MODULE, {})["backward_macs"] = int(macs)
+    return dict(sorted(modules.items()))
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,15 @@ class Measurement:
     checks: tuple[Check, ...]
     timing: TimingStats | None = None  # only when the budget asked for timing
     compiled: CompileStats | None = None  # only for a compiled call
+    train: TrainCounts | None = None  # only for a training step (model_budget.train_step)
+
+    @property
+    def train_macs(self) -> int | None:
+        return self.train.macs if self.train else None
+
+    @property
+    def train_memory(self) -> int | None:
+        return self.train.memory if self.train else None
 
     @property
     def graph_breaks(self) -> int | None:

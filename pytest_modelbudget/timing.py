@@ -25,6 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ class TimingSettings:
     cuda_graph: bool = False
     autocast: str | None = None  # time under torch.autocast to this dtype ("bfloat16", "float16")
     compiled: str | None = None  # the mode of a compiled call's fingerprint; None: eager
+    train: Any = None  # a training.TrainSpec: time one training step instead of a forward
     min_samples: int = 10
     max_samples: int = 2000
     block_s: float = 0.01  # target duration of one timed block
@@ -257,6 +259,7 @@ def placement_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> 
         cuda_graph=settings.cuda_graph,
         autocast=settings.autocast,
         compiled=settings.compiled,
+        train=settings.train is not None,
     )
 
 
@@ -270,7 +273,8 @@ def time_forward(
     progress: Progress | None = None,
     where: Placement | None = None,
 ) -> TimingStats:
-    """Time ``model(*args, **kwargs)``; the model is left as it was.
+    """Time ``model(*args, **kwargs)`` -- or, with ``settings.train``, one training step of
+    it (:func:`~.training.train_step_on`); the model is left as it was.
 
     ``where`` is the call's :class:`~.devices.Placement` when the caller has resolved it
     already (default: from ``settings``).
@@ -290,8 +294,14 @@ def time_forward(
     batch = batch_size if batch_size is not None else batch_size_of(args, kwargs)
     if progress:
         progress(f"timing on {where.fingerprint}")
-    with exclusive_use(model, device, where.threads):
-        forward = forward_on(model, args, kwargs, device, settings.autocast)
+    with ExitStack() as stack:
+        stack.enter_context(exclusive_use(model, device, where.threads, inference=settings.train is None))
+        if settings.train is not None:
+            from .training import train_step_on
+
+            forward = stack.enter_context(train_step_on(model, args, kwargs, device, settings.train))
+        else:
+            forward = forward_on(model, args, kwargs, device, settings.autocast)
 
         try:
             if settings.compiled:

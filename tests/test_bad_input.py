@@ -240,7 +240,7 @@ CASES = [
     ),
     Case(
         "file-bad-module-stats",
-        [FILE, "modules.fc1 must be a mapping with 'macs' and/or 'params'"],
+        [FILE, "modules.fc1 must be a mapping with 'macs', 'params', 'backward_macs'"],
         file=entry("modules:", "  fc1:", "    flops: 2"),
     ),
     Case("file-modules-list", [FILE, "'modules' must be a mapping"], file=entry("modules: []")),
@@ -395,6 +395,78 @@ CASES = [
             ret=FAILED,
         )
         for how, real in [("on-meta", False), ("on-real-tensors", True)]
+    ),
+    # -- training steps ----------------------------------------------------------------------
+    Case(
+        "train-loss-not-scalar",
+        [
+            "model_budget: the loss returned a tensor of shape (1, 10), not a floating-point scalar; reduce it",
+            "(while measuring test_model.py::test_bad)",
+        ],
+        test=calling("model_budget.train_step(SimpleModel(), x, loss=lambda out: out * 2)"),
+        ret=FAILED,
+    ),
+    Case(
+        "train-nothing-trainable",
+        [
+            "model_budget: the model has no parameter with requires_grad=True",
+            "(while measuring test_model.py::test_bad)",
+        ],
+        test=calling("model_budget.train_step(SimpleModel().requires_grad_(False), x)"),
+        ret=FAILED,
+    ),
+    Case(
+        "train-unknown-optimizer",
+        ["model_budget: optimizer='adamm' is not a known name; use one of sgd, sgd-momentum, adam, adamw"],
+        test=calling('model_budget.train_step(SimpleModel(), x, optimizer="adamm")'),
+        ret=FAILED,
+    ),
+    Case(
+        "train-optimizer-cannot-be-built",
+        [
+            "model_budget: the optimizer",
+            "could not be built over the model's parameters (ValueError: Invalid learning rate",
+        ],
+        test=calling(
+            "model_budget.train_step(SimpleModel(), x, optimizer=lambda p: torch.optim.SGD(p, lr=-1))"
+        ),
+        ret=FAILED,
+    ),
+    Case(
+        "train-output-not-reducible",
+        [
+            "model_budget: the output (Tensor) has no floating-point tensor that depends on the parameters",
+            "pass loss=",
+        ],
+        test=calling(
+            "model_budget.train_step(SimpleModel(), x, loss=None, optimizer=None, name=None)"
+        ).replace("SimpleModel()", "Argmax()")
+        + "\n\nclass Argmax(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.m = SimpleModel()\n\n    def forward(self, x):\n        return self.m(x).argmax(-1)\n",
+        ret=FAILED,
+    ),
+    Case(
+        "train-loss-raises",
+        ["model_budget: the model's training step raised RuntimeError: size mismatch", "test_model.py:"],
+        test=calling(
+            "model_budget.train_step(SimpleModel(), x, target=torch.zeros(3), "
+            "loss=lambda out, y: (_ for _ in ()).throw(RuntimeError('size mismatch')))"
+        ),
+        ret=FAILED,
+    ),
+    Case(
+        "train-keyword-on-a-forward",
+        ["model_budget: max_train_memory limit(s) a training step: measure it with model_budget.train_step("],
+        test=marked('max_train_memory="1 GB"'),
+        ret=FAILED,
+    ),
+    Case(
+        "forward-keyword-on-a-training-step",
+        ["model_budget: max_latency_ms limit(s) a forward pass, not a training step: use max_train_step_ms"],
+        test=calling("model_budget.train_step(SimpleModel(), x)").replace(
+            "@pytest.mark.model_budget\n", "@pytest.mark.model_budget(max_latency_ms=100)\n"
+        ),
+        ret=FAILED,
     ),
     # -- --budgets-file --------------------------------------------------------------------
     Case(
