@@ -42,3 +42,18 @@ def test_mobilenet_batch_sizes(model_budget):
 @pytest.mark.model_budget(max_float_macs="400k", max_size="1.5 MB")
 def test_simple_model_int8(model_budget):
     model_budget(int8_simple_model(), torch.randn(1, 1, 28, 28))
+
+
+# A training step: forward in train mode, loss, backward, AdamW step -- counted on meta
+# tensors (MACs per module's backward, peak memory by kind), the model left untouched.
+# Training memory is the budget that breaks first: this one fails before a job OOMs.
+@pytest.mark.model_budget(max_train_macs="2G", max_train_memory="60 MB")
+def test_tiny_gpt_train_step(model_budget):
+    model = TinyGPT()
+    tokens = torch.randint(0, 1000, (8, 128))
+    next_tokens = torch.randint(0, 1000, (8, 128))
+
+    def next_token_loss(logits, target):
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+    model_budget.train_step(model, tokens, target=next_tokens, loss=next_token_loss, optimizer="adamw")

@@ -19,7 +19,9 @@ and print a per-module table, the totals, the ops the counter has no formula for
 @pytest.mark.model_budget(...) line with headroom, ready to paste into a test. With --compile,
 also compile the model with torch.compile (in a clean dynamo state; the counts stay the eager
 model's) and print its graphs, graph breaks (dynamo's reason and your file:line), recompiles
-(the guard that failed), kernels (inductor only) and compile time.
+(the guard that failed), kernels (inductor only) and compile time. With --train, count one
+training step instead (train mode, backward MACs per module, optimizer step) and its estimated
+peak memory by kind, and suggest a budget for a model_budget.train_step(...) test.
 """
 
 PROFILE_EPILOG = """\
@@ -28,6 +30,7 @@ examples:
   python -m pytest_modelbudget profile mypkg.models:build_model --input 1x128:int64 --depth 2
   python -m pytest_modelbudget profile mypkg.models:HugeModel --input 1x4096:int64 --device meta
   python -m pytest_modelbudget profile mypkg.models:build_model --input 8x128 --compile-backend eager
+  python -m pytest_modelbudget profile torchvision.models:resnet50 --input 32x3x224x224 --train
 """
 
 
@@ -91,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"torch.compile backend for --compile (implies it): {DEFAULT_BACKEND} (default), eager, "
         "aot_eager, ...",
     )
+    profile.add_argument(
+        "--train",
+        action="store_true",
+        help="count one training step instead of an eval forward: forward in train mode, backward "
+        "(MACs per module) and optimizer step, with the estimated peak memory by kind; the loss is the "
+        "sum of the output's float tensors",
+    )
+    profile.add_argument(
+        "--optimizer",
+        default=None,
+        metavar="NAME",
+        help="the optimizer of --train (implies it): adamw (default), adam, sgd, sgd-momentum, rmsprop, "
+        "adagrad, ... or none for forward and backward only",
+    )
     profile.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     return parser
 
@@ -114,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.compile_backend is not None
                 else (DEFAULT_BACKEND if args.compile else None)
             ),
+            optimizer=args.optimizer if args.optimizer is not None else ("adamw" if args.train else None),
         )
     except ProfileError as error:
         print(f"{PROG} profile: error: {error}", file=sys.stderr)

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ModelBudgetError, UnitError
+from .errors import MeasurementError, ModelBudgetError, UnitError
 from .profile_report import render_lines, to_json
 from .profile_result import InputSpec, ModuleRow, Profile
 from .roofline import estimate
@@ -212,22 +212,30 @@ def make_inputs(specs: Sequence[InputSpec], device: str) -> tuple[torch.Tensor, 
     return tuple(tensors)
 
 
-def module_rows(model: torch.nn.Module, counts: Counts, depth: int) -> tuple[ModuleRow, ...]:
+def module_rows(
+    model: torch.nn.Module, counts: Counts, depth: int, backward: Mapping[str, int] | None = None
+) -> tuple[ModuleRow, ...]:
     """Inclusive counts of every module down to ``depth`` levels, in the model's order.
 
     The model's own ops and parameters (those of no submodule) come last, as ``""``.
+    ``backward``: a training step's backward MACs by module path (``TrainCounts.backward_modules``).
     """
     kinds = {path: type(module).__name__ for path, module in model.named_modules()}
     order = {path: index for index, path in enumerate(kinds)}
     totals: dict[str, list[int]] = {}
-    for path, stats in counts.modules.items():
+
+    def add(path: str, values: tuple[int, int, int, int]) -> None:
         parts = path.split(".") if path else []
         prefixes = [".".join(parts[:n]) for n in range(1, min(depth, len(parts)) + 1)] or [""]
         for prefix in prefixes:
-            row = totals.setdefault(prefix, [0, 0, 0])
-            row[0] += stats.macs
-            row[1] += stats.params
-            row[2] += stats.memory_traffic
+            row = totals.setdefault(prefix, [0, 0, 0, 0])
+            for index, value in enumerate(values):
+                row[index] += value
+
+    for path, stats in counts.modules.items():
+        add(path, (stats.macs, stats.params, stats.memory_traffic, 0))
+    for path, macs in (backward or {}).items():
+        add(path, (0, 0, 0, macs))
     paths = sorted(totals, key=lambda p: (p == "", order.get(p, len(order)), p))
     return tuple(
         ModuleRow(
@@ -237,10 +245,11 @@ def module_rows(model: torch.nn.Module, counts: Counts, depth: int) -> tuple[Mod
             macs=macs,
             params=params,
             memory_traffic=traffic,
+            backward_macs=backward_macs,
         )
         for path in paths
-        for macs, params, traffic in [totals[path]]
-        if macs or params or traffic
+        for macs, params, traffic, backward_macs in [totals[path]]
+        if macs or params or traffic or backward_macs
     )
 
 
@@ -253,8 +262,13 @@ def profile_model(
     headroom: str = DEFAULT_HEADROOM,
     hardware: str | None = None,
     compile_backend: str | None = None,
+    optimizer: str | None = None,
 ) -> Profile:
-    """Parse the arguments, build the model, count one forward pass (and compile it, if asked)."""
+    """Parse the arguments, build the model, count one forward pass (and compile it, if asked).
+
+    ``optimizer`` (``--train``): count one training step with that optimizer (``"none"``:
+    forward and backward only) and the default loss, the sum of the output's float tensors.
+    """
     module_name, attribute = parse_target(target)
     specs = tuple(parse_input(text) for text in inputs)
     if not specs:
@@ -265,6 +279,12 @@ def profile_model(
     spec = parse_option("--hardware", hardware_spec, hardware) if hardware else None
     if compile_backend is not None and device == "meta":
         raise ProfileError("--compile runs the model: profile it with --device cpu or cuda, not meta")
+    if optimizer is not None and compile_backend is not None:
+        raise ProfileError("--train counts the eager training step: drop --compile")
+    from .optimizers import OPTIMIZER_NAMES
+
+    if optimizer is not None and optimizer != "none" and optimizer.lower() not in OPTIMIZER_NAMES:
+        raise ProfileError(f"--optimizer {optimizer}: use one of {', '.join(OPTIMIZER_NAMES)} or none")
     factory = load_factory(module_name, attribute)
 
     from .counting import count
@@ -274,8 +294,18 @@ def profile_model(
     on = str(model_device(model, ()))
     # Inputs live where the weights are; a meta model runs on meta tensors only.
     tensors = make_inputs(specs, "meta" if on == "meta" else on)
+    train = None
     try:
-        counts = count(model, tensors, execution="meta" if on == "meta" else "auto")
+        if optimizer is not None:
+            from .training import TrainSpec, count_train_step
+
+            step = TrainSpec(optimizer=None if optimizer == "none" else optimizer.lower())
+            train = count_train_step(model, tensors, spec=step, execution="meta" if on == "meta" else "auto")
+            counts = train.forward
+        else:
+            counts = count(model, tensors, execution="meta" if on == "meta" else "auto")
+    except MeasurementError as error:  # nothing to train, an output the default loss cannot reduce
+        raise ProfileError(f"--train: {_folded(error)}") from None
     except Exception as error:  # the user's forward: report its error in one line
         if on == "meta":
             # count() wraps the meta failure in advice for its API; the cause is what matters here.
@@ -296,11 +326,12 @@ def profile_model(
         depth=depth,
         headroom=room,
         counts=counts,
-        rows=module_rows(model, counts, depth),
+        rows=module_rows(model, counts, depth, train.backward_modules if train else None),
         notes=tuple(notes),
         roofline=estimate(counts.ops, spec) if spec else None,
         compile_backend=compile_backend,
         compiled=compiled,
+        train=train,
     )
 
 
@@ -332,10 +363,12 @@ def run(
     as_json: bool = False,
     hardware: str | None = None,
     compile_backend: str | None = None,
+    optimizer: str | None = None,
 ) -> list[str]:
     """The command's output lines; raises :class:`ProfileError` for anything the user can fix.
 
-    ``compile_backend``: also compile the model with this ``torch.compile`` backend.
+    ``compile_backend``: also compile the model with this ``torch.compile`` backend;
+    ``optimizer``: profile one training step with it (``--train``).
     """
     profile = profile_model(
         target,
@@ -345,6 +378,7 @@ def run(
         headroom=headroom,
         hardware=hardware,
         compile_backend=compile_backend,
+        optimizer=optimizer,
     )
     if as_json:
         return [json.dumps(to_json(profile), indent=2)]

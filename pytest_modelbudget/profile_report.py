@@ -17,6 +17,7 @@ from .units import format_bytes, format_count, format_duration, format_seconds
 if TYPE_CHECKING:
     from .compiling import CompileStats
     from .profile_result import Profile
+    from .training import TrainCounts
 
 
 def marker_line(limits: Mapping[str, str]) -> str:
@@ -28,7 +29,9 @@ def render_lines(profile: Profile) -> Iterator[str]:
     """The human-readable profile: header, module table, totals, uncounted ops, marker, compile figures."""
     counts = profile.counts
     inputs = ", ".join(str(spec) for spec in profile.inputs)
-    yield f"{profile.target}, inputs {inputs}, eval mode, counted on {counts.executed_on}"
+    train = profile.train
+    mode = f"one training step (optimizer {train.optimizer})" if train else "eval mode"
+    yield f"{profile.target}, inputs {inputs}, {mode}, counted on {counts.executed_on}"
     for note in profile.notes:
         yield f"note: {note}"
     yield ""
@@ -36,8 +39,12 @@ def render_lines(profile: Profile) -> Iterator[str]:
     yield ""
     yield from _totals(profile)
     yield ""
-    if counts.uncounted:
-        ops = ", ".join(f"{op} x{n}" for op, n in counts.uncounted.items())
+    if train is not None:
+        yield from _train_section(train)
+        yield ""
+    uncounted = train.uncounted if train else counts.uncounted
+    if uncounted:
+        ops = ", ".join(f"{op} x{n}" for op, n in uncounted.items())
         yield f"uncounted ops (arithmetic with no MAC formula, not in the MACs above): {ops}"
     else:
         yield "uncounted ops: none"
@@ -46,11 +53,33 @@ def render_lines(profile: Profile) -> Iterator[str]:
     if limits:
         yield f"suggested budget ({profile.headroom:.0%} headroom):"
         yield marker_line(limits)
+        if train is not None:
+            optimizer = "" if train.optimizer == "none" else f', optimizer="{train.optimizer}"'
+            call = f"model_budget.train_step(model, *inputs, target=..., loss=...{optimizer})"
+            yield f"for a test calling {call}"
     else:
         yield "suggested budget: none (the model has no MACs, params or size to limit)"
     if profile.compiled is not None:
         yield ""
         yield from _compile_section(profile.compiled, profile.compile_backend)
+
+
+def _train_section(train: TrainCounts) -> Iterator[str]:
+    """``--train``: the step's MACs by phase and its estimated peak memory by kind."""
+    figures = [
+        ("train MACs", f"{format_count(train.macs)} ({train.macs:,})"),
+        ("  forward", format_count(train.forward.macs)),
+        ("  loss", format_count(train.loss_macs)),
+        ("  backward", format_count(train.backward_macs)),
+        ("train FLOPs", format_count(train.flops)),
+        ("train memory", f"{format_bytes(train.memory)} ({train.memory:,} bytes, estimated peak)"),
+        *((f"  {kind.replace('_', ' ')}", format_bytes(n)) for kind, n in train.memory_by_kind.items()),
+        ("optimizer traffic", format_bytes(train.optimizer_traffic)),
+    ]
+    width = max(len(name) for name, _ in figures)
+    yield f"training step (optimizer {train.optimizer}; loss: the sum of the output's float tensors)"
+    for name, value in figures:
+        yield f"  {name:<{width}}  {value}"
 
 
 def _compile_section(compiled: CompileStats, backend: str | None) -> Iterator[str]:
@@ -84,6 +113,7 @@ def _module_table(profile: Profile) -> Iterator[str]:
         "params",
         "MACs",
         "% MACs",
+        *(("backward MACs",) if profile.train else ()),
         "memory traffic",
         *(("roofline",) if roofline else ()),
     )
@@ -94,6 +124,7 @@ def _module_table(profile: Profile) -> Iterator[str]:
             format_count(row.params),
             format_count(row.macs),
             _share(row.macs, counts.macs),
+            *((format_count(row.backward_macs),) if profile.train else ()),
             format_bytes(row.memory_traffic),
             *((format_duration(profile.roofline_ms(row.path)),) if roofline else ()),
         )
@@ -105,6 +136,7 @@ def _module_table(profile: Profile) -> Iterator[str]:
         format_count(counts.params),
         format_count(counts.macs),
         _share(counts.macs, counts.macs),
+        *((format_count(profile.train.backward_macs),) if profile.train else ()),
         format_bytes(counts.memory_traffic),
         *((format_duration(roofline.total_ms),) if roofline else ()),
     )
@@ -174,10 +206,11 @@ def to_json(profile: Profile) -> dict[str, Any]:
                 "macs": row.macs,
                 "macs_share": row.macs / counts.macs if counts.macs else 0.0,
                 "memory_traffic": row.memory_traffic,
+                **({"backward_macs": row.backward_macs} if profile.train else {}),
             }
             for row in profile.rows
         ],
-        "uncounted": dict(counts.uncounted),
+        "uncounted": dict(profile.train.uncounted if profile.train else counts.uncounted),
         "notes": list(profile.notes),
         "headroom": profile.headroom,
         "suggested_budget": limits,
@@ -198,6 +231,22 @@ def to_json(profile: Profile) -> dict[str, Any]:
         "compiled": (
             {"backend": profile.compile_backend, **profile.compiled.to_dict()} if profile.compiled else None
         ),
+        "train": _train_json(profile.train) if profile.train else None,
+    }
+
+
+def _train_json(train: TrainCounts) -> dict[str, Any]:
+    return {
+        "optimizer": train.optimizer,
+        "train_macs": train.macs,
+        "forward_macs": train.forward.macs,
+        "loss_macs": train.loss_macs,
+        "backward_macs": train.backward_macs,
+        "train_flops": train.flops,
+        "train_memory": train.memory,
+        "memory_by_kind": dict(train.memory_by_kind),
+        "optimizer_traffic": train.optimizer_traffic,
+        "executed_on": train.executed_on,
     }
 
 

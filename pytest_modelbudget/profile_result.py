@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .compiling import CompileStats
     from .counting import Counts
     from .roofline import RooflineEstimate
+    from .training import TrainCounts
 
 # The metrics a suggested marker limits: the deterministic ones that budgets.yaml also
 # ratchets. Memory traffic depends on how PyTorch decomposes ops, so it is left out.
@@ -47,6 +48,7 @@ class ModuleRow:
     macs: int
     params: int
     memory_traffic: int
+    backward_macs: int = 0  # with --train
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Profile:
     roofline: RooflineEstimate | None = None  # with --hardware
     compile_backend: str | None = None  # with --compile: the torch.compile backend
     compiled: CompileStats | None = None  # with --compile: what compiling the model recorded
+    train: TrainCounts | None = None  # with --train: one training step (counts is its forward)
 
     def roofline_ms(self, path: str) -> float:
         """Roofline time of a module and its children ("" is the model's own ops)."""
@@ -74,7 +77,7 @@ class Profile:
 
     @property
     def suggested(self) -> dict[str, str]:
-        return suggest_limits(self.counts, self.headroom)
+        return suggest_limits(self.counts, self.headroom, self.train)
 
 
 def round_up_si(value: float, unit: str) -> str:
@@ -114,11 +117,16 @@ def round_up_si(value: float, unit: str) -> str:
         rounded += quantum
 
 
-def suggest_limits(counts: Counts, headroom: float) -> dict[str, str]:
-    """Marker keyword -> limit with ``headroom`` above the measured value (zero values skipped)."""
+def suggest_limits(counts: Counts, headroom: float, train: TrainCounts | None = None) -> dict[str, str]:
+    """Marker keyword -> limit with ``headroom`` above the measured value (zero values skipped);
+    a training step's train MACs and memory first."""
     measured = {"macs": counts.macs, "params": counts.params, "size": counts.size_bytes}
+    names: tuple[str, ...] = SUGGESTED_METRICS
+    if train is not None:
+        measured.update(train_macs=train.macs, train_memory=train.memory)
+        names = ("train_macs", "train_memory", *SUGGESTED_METRICS)
     limits = {}
-    for name in SUGGESTED_METRICS:
+    for name in names:
         if measured[name] > 0:
             metric = METRICS_BY_NAME[name]
             limits[metric.keyword] = round_up_si(measured[name] * (1.0 + headroom), metric.unit)

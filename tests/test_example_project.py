@@ -63,8 +63,8 @@ def test_simple_model_counts_match_the_hand_computed_numbers() -> None:
 def test_committed_baselines_are_current(example: pytest.Pytester) -> None:
     # Counts only: timing verdicts depend on this machine; tests/test_timing_budgets.py covers them.
     result = example.runpytest("example_project", "--model-budget", "--budget-strict", "--budget-no-timing")
-    result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines(["7 measured call(s): 7 ok"])
+    result.assert_outcomes(passed=7)
+    result.stdout.fnmatch_lines(["8 measured call(s): 8 ok"])
     assert "stale" not in result.stdout.str()
 
 
@@ -75,7 +75,7 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
     original = path.read_text()
     monkeypatch.setenv("EXAMPLE_WIDEN", "1")
     result = example.runpytest("example_project", "--model-budget", "--budget-no-timing")
-    result.assert_outcomes(passed=4, failed=2)  # the float model and its int8 version
+    result.assert_outcomes(passed=5, failed=2)  # the float model and its int8 version
     result.stdout.fnmatch_lines(
         [
             f"*model budget exceeded for {SIMPLE}:",
@@ -86,7 +86,7 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
             f"*pytest --model-budget --update-budgets {SIMPLE}",
         ]
     )
-    example.runpytest("example_project", "--update-budgets", "--budget-no-timing").assert_outcomes(passed=6)
+    example.runpytest("example_project", "--update-budgets", "--budget-no-timing").assert_outcomes(passed=7)
     before, after = baselines.parse(original.encode(), "old"), baselines.load(path).entries
     assert [key for key in before if before[key] != after[key]] == [SIMPLE, SIMPLE_INT8]
     changed = [line for line in after_lines(path) if line not in original.splitlines()]
@@ -94,7 +94,7 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
     # int8 MACs (the float MACs, the convolutions', did not change).
     assert len(changed) == 7 + 8
     assert before.keys() == after.keys()
-    example.runpytest("example_project", "--model-budget", "--budget-no-timing").assert_outcomes(passed=6)
+    example.runpytest("example_project", "--model-budget", "--budget-no-timing").assert_outcomes(passed=7)
 
 
 def after_lines(path: Path) -> list[str]:

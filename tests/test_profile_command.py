@@ -314,6 +314,14 @@ def test_meta_device_falls_back_to_a_cpu_build_with_a_note(
             ["{m}:Relu", "--input", "2x4", "--compile", "--device", "meta"],
             "--compile runs the model: profile it with --device cpu or cuda, not meta",
         ),
+        (
+            ["{m}:build_tiny", "--input", "2x8:int64", "--optimizer", "adamm"],
+            "--optimizer adamm: use one of sgd, sgd-momentum, adam, adamw,",
+        ),
+        (
+            ["{m}:Relu", "--input", "2x4", "--train"],
+            "--train: the model has no parameter with requires_grad=True",
+        ),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(
@@ -488,3 +496,41 @@ def test_a_quantized_torchvision_model_shows_its_dtypes(tmp_path: Path) -> None:
     assert "  params                11.7 M (11,684,712)\n" in out  # held in packed parameters
     assert "qint8 11.1 MiB" in out  # sized by the int8 weights, not float32
     assert marker_limits(out.splitlines()[-1])["max_float_macs"] == "0"
+
+
+def test_train_prints_the_step_by_phase_and_memory_by_kind(
+    models: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["profile", f"{models}:build_tiny", "--input", "2x8:int64", "--train", "--depth", "1"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert (
+        lines[0]
+        == f"{models}:build_tiny, inputs 2x8:int64, one training step (optimizer adamw), counted on meta"
+    )
+    assert re.search(r"^blocks\s+Sequential\s+1.07 k\s+16.4 k\s+94.1%\s+32.8 k", out, re.MULTILINE)
+    # head: the input gradient and the weight gradient; embed: a lookup, no MACs either way
+    assert re.search(r"^head\s+Linear\s+68\s+1.02 k\s+5.9%\s+2.05 k", out, re.MULTILINE)
+    assert "    backward         34.8 k" in lines
+    assert any(line.startswith("    optimizer state  ") for line in lines)
+    marker = next(line for line in lines if line.startswith("@pytest.mark.model_budget("))
+    assert list(marker_limits(marker))[:2] == ["max_train_macs", "max_train_memory"]
+    parse_budget(marker_limits(marker))
+    assert 'model_budget.train_step(model, *inputs, target=..., loss=..., optimizer="adamw")' in out
+
+
+def test_train_json_with_another_optimizer(models: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(
+        ["profile", f"{models}:build_tiny", "--input", "2x8:int64", "--optimizer", "sgd", "--json"]
+    )
+    out, _ = capsys.readouterr()
+    assert code == 0
+    data = json.loads(out)
+    train = data["train"]
+    assert train["optimizer"] == "sgd"
+    assert train["train_macs"] == train["forward_macs"] + train["loss_macs"] + train["backward_macs"]
+    assert train["forward_macs"] == data["totals"]["macs"] == 17408
+    assert train["memory_by_kind"]["optimizer_state"] == 0  # plain SGD keeps no state
+    assert sum(train["memory_by_kind"].values()) == train["train_memory"]
+    assert {m["path"]: m["backward_macs"] for m in data["modules"]}["head"] == 2048
