@@ -142,7 +142,7 @@ def require_module(model: object) -> None:
     """Raises :class:`~.errors.MeasurementError` unless ``model`` is a ``torch.nn.Module``."""
     if not isinstance(model, torch.nn.Module):
         raise MeasurementError(
-            f"expected a torch.nn.Module, got {type(model).__name__}; call model_budget(model, *inputs)"
+            f"expected a torch.nn.Module, got {type(model).__name__}; pass the model as the first argument"
         )
 
 

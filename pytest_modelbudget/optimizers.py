@@ -37,9 +37,11 @@ Factory = Callable[[Sequence[torch.Tensor]], torch.optim.Optimizer]
 def optimizer_factory(spec: Any, model: torch.nn.Module) -> tuple[Factory | None, str]:
     """``(build, label)`` for a ``train_step(optimizer=...)`` value; ``(None, "none")`` for None.
 
-    ``build(twins)`` takes the twins of the model's trainable parameters, in the order of
-    ``model.parameters()``. Raises :class:`~.errors.MeasurementError` for a value that is
-    none of the accepted kinds.
+    ``build(twins)`` takes the twins of all the model's parameters, in the order of
+    ``model.parameters()``: a name, class or callable gets the trainable ones, an optimizer
+    the test built gets its own param groups (frozen parameters in them are kept, and
+    skipped by the optimizer as in a real loop: they get no gradient). Raises
+    :class:`~.errors.MeasurementError` for a value that is none of the accepted kinds.
     """
     if spec is None:
         return None, "none"
@@ -50,18 +52,26 @@ def optimizer_factory(spec: Any, model: torch.nn.Module) -> tuple[Factory | None
                 "an optimizer class, or a callable params -> optimizer"
             )
         class_name, settings = OPTIMIZER_NAMES[spec.lower()]
-        cls = getattr(torch.optim, class_name)
-        return _checked(lambda params: cls(params, **settings), spec), spec.lower()
+        named = getattr(torch.optim, class_name)
+        return _checked(lambda params: named(_trainable(params), **settings), spec), spec.lower()
     if isinstance(spec, torch.optim.Optimizer):
         return _like(spec, model), type(spec).__name__
     if isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer):
-        return _checked(spec, spec.__name__), spec.__name__
+        given: Callable[..., torch.optim.Optimizer] = spec
+        return _checked(lambda params: given(_trainable(params)), spec.__name__), spec.__name__
     if callable(spec):
-        return _checked(spec, getattr(spec, "__name__", type(spec).__name__)), "custom"
+        build = spec
+        return _checked(
+            lambda params: build(_trainable(params)), getattr(spec, "__name__", "callable")
+        ), "custom"
     raise MeasurementError(
         f"optimizer={spec!r} ({type(spec).__name__}) is not an optimizer: pass a name "
         f"({', '.join(OPTIMIZER_NAMES)}), an optimizer class, or a callable params -> optimizer"
     )
+
+
+def _trainable(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [p for p in params if p.requires_grad]
 
 
 def _checked(build: Callable[..., Any], what: str) -> Factory:
@@ -85,21 +95,21 @@ def _checked(build: Callable[..., Any], what: str) -> Factory:
 
 def _like(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> Factory:
     """A factory that rebuilds ``optimizer``'s class and param groups over the twins."""
-    position = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    position = {id(p): i for i, p in enumerate(model.parameters())}
     groups: list[tuple[list[int], dict[str, Any]]] = []
     for group in optimizer.param_groups:
         outside = [p for p in group["params"] if id(p) not in position]
         if outside:
             raise MeasurementError(
                 f"the {type(optimizer).__name__} passed as optimizer= updates {len(outside)} tensor(s) "
-                "that are not trainable parameters of the model; build it over model.parameters()"
+                "that are not parameters of the model; build it over model.parameters()"
             )
         settings = {k: v for k, v in group.items() if k != "params"}
         groups.append(([position[id(p)] for p in group["params"]], settings))
 
-    cls: Callable[..., torch.optim.Optimizer] = type(optimizer)
+    rebuild: Callable[..., torch.optim.Optimizer] = type(optimizer)
 
     def build(params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-        return cls([{"params": [params[i] for i in ids], **settings} for ids, settings in groups])
+        return rebuild([{"params": [params[i] for i in ids], **settings} for ids, settings in groups])
 
     return _checked(build, type(optimizer).__name__)

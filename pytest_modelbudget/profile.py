@@ -289,6 +289,7 @@ def profile_model(
 
     from .counting import count
     from .devices import model_device
+    from .training import NothingToReduce, TrainSpec, count_train_step
 
     model, notes = build_model(factory, target, device)
     on = str(model_device(model, ()))
@@ -297,14 +298,17 @@ def profile_model(
     train = None
     try:
         if optimizer is not None:
-            from .training import TrainSpec, count_train_step
-
             step = TrainSpec(optimizer=None if optimizer == "none" else optimizer.lower())
             train = count_train_step(model, tensors, spec=step, execution="meta" if on == "meta" else "auto")
             counts = train.forward
         else:
             counts = count(model, tensors, execution="meta" if on == "meta" else "auto")
-    except MeasurementError as error:  # nothing to train, an output the default loss cannot reduce
+    except NothingToReduce:
+        raise ProfileError(
+            f"--train: the output of {target} has no floating-point tensor that depends on the "
+            "parameters; the profile's loss is the sum of the output's float tensors"
+        ) from None
+    except MeasurementError as error:  # nothing to train, an optimizer that fails
         raise ProfileError(f"--train: {_folded(error)}") from None
     except Exception as error:  # the user's forward: report its error in one line
         if on == "meta":

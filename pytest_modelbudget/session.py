@@ -65,8 +65,13 @@ class BudgetSession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        # tryfirst: runs before -k/-m deselect, so deselected tests are not "stale".
-        self.collected.update(item.nodeid for item in items if item.get_closest_marker(MARKER))
+        # tryfirst: runs before -k/-m deselect, so deselected tests are not "stale". A test
+        # may measure with the fixture and no marker: its entries are not stale either.
+        self.collected.update(
+            item.nodeid
+            for item in items
+            if item.get_closest_marker(MARKER) or "model_budget" in getattr(item, "fixturenames", ())
+        )
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)

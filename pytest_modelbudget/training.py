@@ -103,15 +103,10 @@ def count_train_step(
     with nothing to train, a loss that is not a scalar, or an optimizer that cannot be
     built; an exception from the model's own forward propagates unchanged.
     """
-    require_module(model)
     spec = spec or TrainSpec()
     if execution not in ("auto", "meta", "real"):
         raise MeasurementError(f"execution must be 'auto', 'meta' or 'real', got {execution!r}")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise MeasurementError(
-            "the model has no parameter with requires_grad=True: a training step would update "
-            "nothing; unfreeze a layer, or measure the forward with model_budget(model, ...)"
-        )
+    _require_a_step(model, spec)
     kwargs = dict(kwargs or {})
     if execution in ("auto", "meta"):
         try:
@@ -125,6 +120,26 @@ def count_train_step(
                     f"{error}); count with execution='real'"
                 ) from error
     return _count_step(model, args, kwargs, spec, to_meta=False)
+
+
+def _require_a_step(model: torch.nn.Module, spec: TrainSpec) -> None:
+    """What can be told before running anything: a module with something to train, and a
+    target that some loss will use."""
+    require_module(model)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise MeasurementError(
+            "the model has no parameter with requires_grad=True: a training step would update "
+            "nothing; unfreeze a layer, or measure the forward with model_budget(model, ...)"
+        )
+    if spec.target is not None and spec.loss is None:
+        raise MeasurementError(
+            "target= was given without loss=: pass the loss that compares the output with it, "
+            "e.g. loss=nn.CrossEntropyLoss()"
+        )
+
+
+class NothingToReduce(MeasurementError):
+    """The output holds no float tensor that depends on the parameters (the default loss)."""
 
 
 def _twin(tensor: torch.Tensor, to_meta: bool) -> torch.Tensor:
@@ -146,14 +161,15 @@ def _count_step(
         # named_parameters() lists a tied tensor once; functional_call ties its other names.
         params = {name: _twin(p, to_meta) for name, p in model.named_parameters()}
         buffers = {name: _twin(b, to_meta) for name, b in model.named_buffers()}
-        trainable = [t for t in params.values() if t.requires_grad]
+        twins = list(params.values())  # in the order of model.parameters()
+        trainable = [t for t in twins if t.requires_grad]
         args, kwargs, target = tree_map_only(
             torch.Tensor, lambda t: _twin(t, to_meta), (args, kwargs, spec.target)
         )
         memory = StepMemory()
         memory.hold("params", distinct_bytes([*params.values(), *buffers.values()]))
         memory.inputs(t for t in tree_leaves((args, kwargs, target)) if isinstance(t, torch.Tensor))
-        optimizer = _steady_optimizer(build_optimizer, trainable) if build_optimizer else None
+        optimizer = _steady_optimizer(build_optimizer, twins, on_meta=to_meta) if build_optimizer else None
         if optimizer is not None:
             memory.hold("optimizer_state", _state_bytes(optimizer))
 
@@ -179,10 +195,12 @@ def _count_step(
             with modes["backward"]:
                 loss.backward()  # type: ignore[no-untyped-call]
             memory.gradients(t.grad for t in trainable if t.grad is not None)
-            del output, loss
+            # The output and the loss stay referenced through the optimizer step, as in a loop
+            # that keeps them in variables (`out = model(x)`).
             if optimizer is not None:
                 with modes["optimizer"]:
                     optimizer.step()
+            del output, loss
     forward = assemble_counts(model, inventory, modes["forward"], executed_on)
     uncounted: defaultdict[str, int] = defaultdict(int)
     macs_by_dtype: defaultdict[str, int] = defaultdict(int)
@@ -224,13 +242,14 @@ def train_step_on(
     build_optimizer, _ = optimizer_factory(spec.optimizer, model)
     params = {name: _twin(p.to(device), False) for name, p in model.named_parameters()}
     buffers = {name: b.detach().to(device).clone() for name, b in model.named_buffers()}
-    trainable = [t for t in params.values() if t.requires_grad]
+    twins = list(params.values())
+    trainable = [t for t in twins if t.requires_grad]
     args, kwargs, target = tree_map_only(
         torch.Tensor,
         lambda t: t.detach().to(device).requires_grad_(t.requires_grad),
         (args, dict(kwargs), spec.target),
     )
-    optimizer = _steady_optimizer(build_optimizer, trainable) if build_optimizer else None
+    optimizer = _steady_optimizer(build_optimizer, twins, on_meta=False) if build_optimizer else None
     held = distinct_bytes([*params.values(), *buffers.values()]) + (
         _state_bytes(optimizer) if optimizer else 0
     )
@@ -277,7 +296,7 @@ def run_train_step(
 ) -> None:
     """One real training step where the model is, on copies of its parameters (the test
     still exercises forward, loss, backward and optimizer; the model is left as it was)."""
-    require_module(model)
+    _require_a_step(model, spec)
     inventory = Inventory.of(model)
     device = torch.device(device_of(inventory, args))
     with (
@@ -295,15 +314,22 @@ def _bound(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> Any:
     return _reparametrize_module(model, dict(tensors), tie_weights=True)
 
 
-def _steady_optimizer(build: Factory, trainable: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """The optimizer after one step on zero gradients: its state allocated, as in a loop."""
-    optimizer = build(trainable)
-    for tensor in trainable:
-        tensor.grad = torch.zeros_like(tensor)
+def _steady_optimizer(build: Factory, twins: list[torch.Tensor], *, on_meta: bool) -> torch.optim.Optimizer:
+    """The optimizer after one step on zero gradients: its state allocated, as in a loop.
+
+    On meta a failed step is raised as it is, so that ``"auto"`` tries real tensors (a fused
+    optimizer needs a real device); on real tensors it is the optimizer's failure.
+    """
+    optimizer = build(twins)
+    for tensor in twins:
+        if tensor.requires_grad:
+            tensor.grad = torch.zeros_like(tensor)
     try:
         with torch.no_grad():
             optimizer.step()
     except Exception as error:
+        if on_meta:
+            raise
         raise MeasurementError(
             f"the optimizer {type(optimizer).__name__} failed its step "
             f"({type(error).__name__}: {error}); pass another optimizer= or None"
@@ -330,7 +356,7 @@ def _loss_of(output: Any, target: Any, spec: TrainSpec) -> torch.Tensor:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad
         ]
         if not parts:
-            raise MeasurementError(
+            raise NothingToReduce(
                 f"the output ({type(output).__name__}) has no floating-point tensor that depends on "
                 "the parameters, so the default loss (the sum of the output's float tensors) has "
                 "nothing to reduce; pass loss=, e.g. loss=lambda out: out.logits.sum()"
@@ -339,10 +365,19 @@ def _loss_of(output: Any, target: Any, spec: TrainSpec) -> torch.Tensor:
         for part in parts[1:]:
             loss = loss + part.sum()
         return loss
-    loss = spec.loss(output) if target is None else spec.loss(output, target)
+    if target is None:
+        try:
+            loss = spec.loss(output)
+        except TypeError as error:  # most often a loss that wants a target: say how to give it
+            raise MeasurementError(
+                f"loss(output) raised TypeError: {error}; a loss that compares the output with "
+                "a target needs target= (it is called as loss(output, target))"
+            ) from None
+    else:
+        loss = spec.loss(output, target)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         shape = (
-            f"a tensor of shape {tuple(loss.shape)}"
+            f"a {str(loss.dtype).removeprefix('torch.')} tensor of shape {tuple(loss.shape)}"
             if isinstance(loss, torch.Tensor)
             else type(loss).__name__
         )

@@ -350,7 +350,7 @@ CASES = [
     ),
     Case(
         "fixture-plain-function",
-        ["model_budget: expected a torch.nn.Module, got function; call model_budget(model, *inputs)"],
+        ["model_budget: expected a torch.nn.Module, got function; pass the model as the first argument"],
         test=calling("model_budget(lambda t: t * 2, x)"),
         ret=FAILED,
     ),
@@ -400,7 +400,7 @@ CASES = [
     Case(
         "train-loss-not-scalar",
         [
-            "model_budget: the loss returned a tensor of shape (1, 10), not a floating-point scalar; reduce it",
+            "model_budget: the loss returned a float32 tensor of shape (1, 10), not a floating-point scalar; reduce it",
             "(while measuring test_model.py::test_bad)",
         ],
         test=calling("model_budget.train_step(SimpleModel(), x, loss=lambda out: out * 2)"),

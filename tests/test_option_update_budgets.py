@@ -185,3 +185,20 @@ def test_entries_of_tests_that_did_not_run_are_kept(project: pytest.Pytester) ->
     result = project.runpytest("--update-budgets", "-k", "simple")
     result.assert_outcomes(passed=1, deselected=1)
     assert _entries(project)["test_model.py::test_other"].metrics["macs"] == 1
+
+
+def test_a_test_that_measures_without_a_marker_is_not_stale(project: pytest.Pytester) -> None:
+    write_test(
+        project,
+        """
+        def test_unmarked(model_budget):
+            model_budget(SimpleModel(), torch.randn(1, 1, 28, 28))
+        """,
+    )
+    project.runpytest("--model-budget", "--update-budgets").assert_outcomes(passed=1)
+    assert "test_model.py::test_unmarked" in (project.path / "budgets.yaml").read_text()
+    result = project.runpytest("--model-budget")
+    result.assert_outcomes(passed=1)
+    assert "stale entr" not in result.stdout.str()  # (the folder's name says "stale")
+    project.runpytest("--model-budget", "--update-budgets").assert_outcomes(passed=1)
+    assert "test_model.py::test_unmarked" in (project.path / "budgets.yaml").read_text()

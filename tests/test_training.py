@@ -252,7 +252,8 @@ def test_optimizer_as_class_callable_and_instance() -> None:
 
 def test_a_loss_that_is_not_a_scalar() -> None:
     with pytest.raises(
-        MeasurementError, match=r"the loss returned a tensor of shape \(2, 4\), not a floating-point scalar"
+        MeasurementError,
+        match=r"the loss returned a float32 tensor of shape \(2, 4\), not a floating-point scalar",
     ):
         count_train_step(nn.Linear(3, 4), (torch.randn(2, 3),), spec=TrainSpec(loss=lambda out: out * 2))
 
@@ -282,7 +283,7 @@ def test_an_optimizer_that_cannot_be_built(optimizer: Any, message: str) -> None
 
 def test_an_optimizer_over_other_tensors() -> None:
     stranger = torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
-    with pytest.raises(MeasurementError, match="not trainable parameters of the model"):
+    with pytest.raises(MeasurementError, match="that are not parameters of the model"):
         count_train_step(nn.Linear(3, 4), (torch.randn(2, 3),), spec=TrainSpec(optimizer=stranger))
 
 
@@ -312,3 +313,46 @@ def test_the_default_loss_sums_every_float_output() -> None:
 
     counts = count_train_step(TwoHeads(), (torch.randn(2, 3),), execution="meta")
     assert set(counts.backward_by_module(1)) == {"a", "b"}
+
+
+def test_an_optimizer_built_over_all_parameters_of_a_partly_frozen_model() -> None:
+    # The usual pattern: freeze the backbone, then AdamW(model.parameters()).
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    model[0].requires_grad_(False)
+    user_optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    counts = count_train_step(model, (torch.randn(2, 8),), spec=TrainSpec(optimizer=user_optimizer))
+    by_name = count_train_step(model, (torch.randn(2, 8),), spec=TrainSpec(optimizer="adamw"))
+    # State only for what gets a gradient: the second layer's 68 parameters, two moments each.
+    assert (
+        counts.memory_by_kind["optimizer_state"]
+        == by_name.memory_by_kind["optimizer_state"]
+        == 2 * 68 * 4 + 2 * 4
+    )
+
+
+def test_a_fused_optimizer_falls_back_to_real_clones() -> None:
+    model = nn.Linear(8, 4)
+    fused = torch.optim.AdamW(model.parameters(), fused=True)
+    counts = count_train_step(model, (torch.randn(2, 8),), spec=TrainSpec(optimizer=fused))
+    assert counts.executed_on == "cpu"
+    assert counts.memory_by_kind["optimizer_state"] == 2 * 36 * 4 + 2 * 4
+    assert model.weight.grad is None and fused.state_dict()["state"] == {}
+    with pytest.raises(MeasurementError, match=r"cannot run on the meta device \(RuntimeError: `fused=True`"):
+        count_train_step(model, (torch.randn(2, 8),), spec=TrainSpec(optimizer=fused), execution="meta")
+
+
+def test_a_target_without_a_loss_and_a_loss_without_its_target() -> None:
+    model, x = nn.Linear(3, 4), torch.randn(2, 3)
+    with pytest.raises(MeasurementError, match="target= was given without loss="):
+        count_train_step(model, (x,), spec=TrainSpec(target=torch.tensor([1, 2])))
+    with pytest.raises(MeasurementError, match=r"loss\(output\) raised TypeError: .*target.*needs target="):
+        count_train_step(model, (x,), spec=TrainSpec(loss=nn.CrossEntropyLoss()))
+
+
+def test_an_integer_loss_names_its_dtype() -> None:
+    with pytest.raises(
+        MeasurementError, match=r"the loss returned a int64 tensor of shape \(\), not a floating-point"
+    ):
+        count_train_step(
+            nn.Linear(3, 4), (torch.randn(2, 3),), spec=TrainSpec(loss=lambda out: out.sum().long())
+        )
