@@ -175,6 +175,41 @@ def _on_device(model: Any, device: torch.device) -> Iterator[None]:
         model.to(original)
 
 
+# glibc's mallopt parameters, and the values steady_heap() fixes them at: the largest
+# threshold glibc's own dynamic adjustment can reach (32 MiB on 64-bit), and twice that for
+# trimming, as glibc pairs them.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 * 2**20
+
+
+@cache
+def steady_heap() -> bool:
+    """Fix glibc malloc's mmap and trim thresholds in this process, once, before CPU timing.
+
+    By default glibc serves a large allocation with a fresh mmap until a free raises its
+    threshold -- which depends on the order of the process's earlier allocations. Some
+    processes end up mapping and zero-filling a forward's activation buffers on every call,
+    others reuse them: the same unchanged model ran at 1.9 ms in some fresh processes and
+    3.5 ms in others (docs/benchmarks.md), which no baseline can tell from a regression.
+    With the thresholds fixed, buffers under 32 MiB are reused from the heap in every
+    process. It changes only where this process's memory comes from (and keeps up to 64 MiB
+    of freed heap instead of returning it); other platforms and allocators are left alone.
+    Returns whether it applied.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
+    )
+
+
 @contextmanager
 def _threads(count: int | None) -> Iterator[None]:
     import torch
@@ -225,6 +260,8 @@ def exclusive_use(
 
     from .model_state import Inventory, model_left_as_it_was
 
+    if device.type == "cpu":
+        steady_heap()
     with (
         device_lock(device),
         model_left_as_it_was(Inventory.of(model), restore_values=True),

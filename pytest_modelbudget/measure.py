@@ -74,6 +74,11 @@ def measure_call(
         )
     eager = eager_model(model)
     on_cuda = target_device(eager, args, budget.timing.device).type == "cuda"
+    if budget.limited("train_cuda_memory") and not on_cuda:
+        raise MeasurementError(
+            "max_train_cuda_memory limits the CUDA allocator's peak, but this training step runs on "
+            "the CPU: limit the estimate with max_train_memory, or time on CUDA (device='cuda')"
+        )
     if budget.autocast:  # True: the usual half dtype of the device
         dtype = budget.autocast if isinstance(budget.autocast, str) else "float16" if on_cuda else "bfloat16"
         budget = replace(budget, timing=replace(budget.timing, autocast=dtype))
@@ -176,7 +181,13 @@ def _time(
     from .devices import batch_size_of
     from .probes import measure_probes
     from .timing import placement_for, time_forward
-    from .timing_verdicts import RECORD_MEASUREMENTS, LatencyBaseline, measure_and_judge, recorded
+    from .timing_verdicts import (
+        RECORD_MEASUREMENTS,
+        LatencyBaseline,
+        decided_early,
+        measure_and_judge,
+        recorded,
+    )
 
     where = placement_for(model, args, budget.timing)  # the fingerprint, computed once per call
     batch = budget.batch_size or batch_size_of(args, kwargs)
@@ -187,11 +198,30 @@ def _time(
         # A throughput limit is judged as the latency it allows at this batch size.
         return limit.value if limit.metric in ("latency_ms", "train_step_ms") else batch * 1e3 / limit.value
 
+    limits_ms = [limit_ms(limit) for limit in limits]
+
+    def decided(stats: TimingStats) -> bool:
+        return decided_early(
+            stats,
+            limits_ms=limits_ms,
+            baseline=baseline,
+            tolerance=budget.latency_tolerance,
+            stat=budget.latency_stat,
+        )
+
     judgement = measure_and_judge(
         lambda: time_forward(
-            model, args, kwargs, budget.timing, batch_size=batch, progress=progress, where=where
+            model,
+            args,
+            kwargs,
+            budget.timing,
+            batch_size=batch,
+            progress=progress,
+            where=where,
+            # A baseline being recorded gets the full measurement; a check stops once clear.
+            decided=None if budget.update else decided,
         ),
-        limits_ms=[limit_ms(limit) for limit in limits],
+        limits_ms=limits_ms,
         baseline=baseline,
         tolerance=budget.latency_tolerance,
         stat=budget.latency_stat,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import MeasurementError
 
@@ -45,6 +45,9 @@ class TimingSettings:
     # Sample at least this long even when the median is already precise: a shared machine's
     # speed changes over seconds, and a tenth of a second would see one moment of it.
     min_time_s: float = 1.0
+    # ...unless the caller's verdict is already clear (``run_rounds(decided=...)``): then this
+    # long is enough. A call clearly within its budget pays for no more.
+    min_decide_s: float = 0.25
     precision: float = 0.01  # stop early once the median's relative standard error is below this
     cuda_graph: bool = False
     autocast: str | None = None  # time under torch.autocast to this dtype ("bfloat16", "float16")
@@ -74,6 +77,9 @@ class TimingStats:
     # the block) -- the model's cost in units of the machine's speed at that moment.
     relative: float | None = None
     relative_spread: float | None = None  # IQR / median of those ratios: the noise of `relative`
+    # "thread": `relative` was measured in the timing thread's CPU time (CPU, one thread), so
+    # time the scheduler gave to other processes is not in it; "wall": in wall time.
+    own_clock: str = "wall"
     probes: Mapping[str, float] = field(default_factory=dict)  # median probe times during the measurement, ms
 
     @property
@@ -142,21 +148,41 @@ def _relative_error(samples: Sequence[float]) -> float:
 wall_clock: Callable[[], float] = time.perf_counter
 
 
+class Block(NamedTuple):
+    """One timed block of calls, in seconds: its wall time, and the time the timing thread
+    itself was running (its CPU time) -- which leaves out the moments a neighbour had the core."""
+
+    wall_s: float
+    own_s: float
+
+
+def _block(value: float | Block) -> Block:
+    # A block timer may return one number: wall and own time alike (CUDA, fakes).
+    return value if isinstance(value, Block) else Block(value, value)
+
+
 def run_rounds(
-    run_block: Callable[[int], float],
+    run_block: Callable[[int], float | Block],
     settings: TimingSettings,
     *,
     clock: Callable[[], float] | None = None,
     progress: Progress | None = None,
     speed_probe: Callable[[], float] | None = None,
+    decided: Callable[[TimingStats], bool] | None = None,
+    own_clock: str = "wall",
 ) -> TimingStats:
-    """The adaptive loop: calibrate the block size, then time blocks until precise or out of time.
+    """The adaptive loop: calibrate the block size, then time blocks until precise, decided or
+    out of time.
 
-    ``run_block(n)`` runs ``n`` calls and returns their total time in seconds; ``clock``
-    measures wall time spent (default :data:`wall_clock`; both are replaceable, so the loop
-    is tested with fakes).
+    ``run_block(n)`` runs ``n`` calls and returns their total time in seconds (or a
+    :class:`Block`: wall and own time); ``clock`` measures wall time spent (default
+    :data:`wall_clock`; both are replaceable, so the loop is tested with fakes).
     ``speed_probe()`` (CPU) runs a small fixed workload before every block and returns its
-    time; the ratio of each block's time per call to it goes into ``relative``.
+    time, on the same clock as the block's own time; the ratio of each block's own time per
+    call to it goes into ``relative`` (``own_clock`` names that clock: "thread" or "wall").
+    ``decided(stats)`` says whether the samples so far already settle the caller's verdict:
+    from ``min_samples`` blocks and ``min_decide_s`` on, a True stops the loop (sequential
+    stopping); otherwise it samples for ``min_time_s`` and until precise, as without it.
     """
     clock = clock or wall_clock
     start = clock()
@@ -164,7 +190,7 @@ def run_rounds(
     # Warm-up: at least two calls, then up to a tenth of the budget.
     warm_calls = 0
     while warm_calls < 2 or (clock() - start < settings.time_budget_s * 0.1 and warm_calls < 50):
-        one = run_block(1)
+        one = _block(run_block(1)).wall_s
         warm_calls += 1
     per_call = max(one, 1e-9)
     number = max(1, min(10_000, math.ceil(settings.block_s / per_call)))
@@ -175,22 +201,36 @@ def run_rounds(
     ratios: list[float] = []
     while True:
         probe_s = speed_probe() if speed_probe else None
-        samples.append(run_block(number) / number)
+        block = _block(run_block(number))
+        samples.append(block.wall_s / number)
         if probe_s:
-            ratios.append(samples[-1] / probe_s)
+            ratios.append(block.own_s / number / probe_s)
         calls += number
-        enough = len(samples) >= settings.min_samples and clock() - start >= settings.min_time_s
+        elapsed = clock() - start
+        may_decide = len(samples) >= settings.min_samples and elapsed >= settings.min_decide_s
+        if decided is not None and may_decide and decided(_stats(samples, ratios, calls, elapsed, own_clock)):
+            break
+        enough = len(samples) >= settings.min_samples and elapsed >= settings.min_time_s
         if enough and _relative_error(samples) <= settings.precision:
             break
         if len(samples) >= settings.max_samples or (clock() >= deadline and len(samples) >= 3):
             break
-    stats = summarize(samples, calls=calls, wall_s=clock() - start)
-    if ratios:
-        stats = replace(stats, relative=statistics.median(ratios), relative_spread=spread_of(ratios))
+    stats = _stats(samples, ratios, calls, clock() - start, own_clock)
     if progress:
         progress(
             f"{stats.samples} samples of {number} calls in {stats.wall_s:.2f} s: "
             f"median {stats.median_ms:.4g} ms, spread {stats.spread:.1%}"
+        )
+    return stats
+
+
+def _stats(
+    samples: Sequence[float], ratios: Sequence[float], calls: int, wall_s: float, own_clock: str
+) -> TimingStats:
+    stats = summarize(samples, calls=calls, wall_s=wall_s)
+    if ratios:
+        stats = replace(
+            stats, relative=statistics.median(ratios), relative_spread=spread_of(ratios), own_clock=own_clock
         )
     return stats
 
@@ -215,12 +255,19 @@ def _cuda_block_timer(call: Callable[[], object]) -> Callable[[int], float]:
     return run_block
 
 
-def _cpu_block_timer(call: Callable[[], object]) -> Callable[[int], float]:
-    def run_block(number: int) -> float:
-        start = time.perf_counter()
+def _cpu_block_timer(call: Callable[[], object], *, own_clock: bool) -> Callable[[int], float | Block]:
+    """Blocks timed by the wall clock; with ``own_clock`` also by the thread's CPU time.
+
+    On one thread the forward's work runs on the calling thread, so its CPU time is the
+    model's own cost: the moments the scheduler gave the core to a neighbour are not in it.
+    """
+
+    def run_block(number: int) -> float | Block:
+        start, own_start = time.perf_counter(), time.thread_time()
         for _ in range(number):
             call()
-        return time.perf_counter() - start
+        wall, own = time.perf_counter() - start, time.thread_time() - own_start
+        return Block(wall, own) if own_clock else wall
 
     return run_block
 
@@ -272,12 +319,18 @@ def time_forward(
     batch_size: int | None = None,
     progress: Progress | None = None,
     where: Placement | None = None,
+    decided: Callable[[TimingStats], bool] | None = None,
 ) -> TimingStats:
     """Time ``model(*args, **kwargs)`` -- or, with ``settings.train``, one training step of
     it (:func:`~.training.train_step_on`); the model is left as it was.
 
     ``where`` is the call's :class:`~.devices.Placement` when the caller has resolved it
-    already (default: from ``settings``).
+    already (default: from ``settings``); ``decided`` stops sampling once the verdict is
+    clear (see :func:`run_rounds`).
+
+    On the CPU with one thread the model's cost relative to the speed probe is measured in
+    the thread's CPU time (model and probe alike): a neighbour that takes the core away
+    for a while does not change it. The latency reported stays wall time.
     """
     import torch
 
@@ -312,11 +365,19 @@ def time_forward(
             if device.type == "cuda":
                 peak = forward_peak_memory(forward, device)
                 call = _capture_cuda_graph(forward) if settings.cuda_graph else forward
-                stats = run_rounds(_cuda_block_timer(call), settings, progress=progress)
+                stats = run_rounds(_cuda_block_timer(call), settings, progress=progress, decided=decided)
             else:
                 peak = None
-                probe = SpeedProbe()
-                stats = run_rounds(_cpu_block_timer(forward), settings, progress=progress, speed_probe=probe)
+                own_clock = where.threads == 1
+                probe = SpeedProbe(own_clock=own_clock)
+                stats = run_rounds(
+                    _cpu_block_timer(forward, own_clock=own_clock),
+                    settings,
+                    progress=progress,
+                    speed_probe=probe,
+                    decided=decided,
+                    own_clock="thread" if own_clock else "wall",
+                )
                 stats = replace(stats, probes=probe.medians_ms())
         except torch.OutOfMemoryError as error:
             raise MeasurementError(

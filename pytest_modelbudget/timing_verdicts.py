@@ -137,8 +137,10 @@ def judge(
       slow down together, and the ratio barely moves; a slower model moves it.
 
     "over" needs the own slowdown beyond the tolerance *and* beyond three standard errors
-    of the median ratios. A latency beyond the tolerance that the own slowdown does not confirm
-    is "inconclusive": the time was lost to the machine, not the model.
+    of the median ratios. A latency beyond the tolerance that the own slowdown does not
+    confirm is "ok" when the ratio was measured in the thread's CPU time (the time was lost
+    to other processes, not the model), else "inconclusive": the time was lost to the
+    machine.
 
     Where there is no ratio (CUDA, or a baseline recorded without it) the latency decides,
     and ``slowdown`` -- the machine's slowdown from probes timed *after* the measurements,
@@ -153,20 +155,32 @@ def judge(
     own, own_error = found
     # How much slower the machine ran: the part of the latency change the model does not explain.
     machine = measured / reference / own
-    verdict = _judge_own_slowdown(own, own_error, machine, measured, reference, tolerance)
+    own_clock = all(m.own_clock == "thread" for m in measurements if m.relative)
+    verdict = _judge_own_slowdown(own, own_error, machine, measured, reference, tolerance, own_clock)
     return replace(verdict, own_slowdown=own, machine=machine)
 
 
 def _judge_own_slowdown(
-    own: float, error: float, machine: float, measured: float, reference: float, tolerance: float
+    own: float,
+    error: float,
+    machine: float,
+    measured: float,
+    reference: float,
+    tolerance: float,
+    own_clock: bool,
 ) -> TimingVerdict:
+    clock = ", both in the timing thread's CPU time" if own_clock else ""
     relative = (
-        f"relative to this machine's speed (a probe timed before each block of calls) the model is "
-        f"{_change(own)} the baseline; the machine ran {_change(machine)} when the baseline was recorded"
+        f"relative to this machine's speed (a probe timed before each block of calls{clock}) the model "
+        f"is {_change(own)} the baseline; the machine ran {_change(machine)} when the baseline was recorded"
     )
     if own > (1.0 + tolerance) * (1.0 + 3.0 * error):
         return TimingVerdict(Status.OVER, measured, reference, relative)
     if measured <= reference * (1.0 + tolerance):
+        return TimingVerdict(Status.OK, measured, reference)
+    if own <= 1.0 + tolerance and own_clock:
+        # Measured in the thread's CPU time the model's own cost is within the tolerance: the
+        # wall time it lost went to other processes (the scheduler gave them the core).
         return TimingVerdict(Status.OK, measured, reference)
     if own <= 1.0 + tolerance:
         return TimingVerdict(
@@ -235,7 +249,8 @@ def judge_limit(
     return TimingVerdict(Status.OVER, measured, limit_ms)
 
 
-REMEASUREMENTS = 2  # extra measurements before a slowdown is believed
+REMEASUREMENTS = 2  # extra measurements at most while a verdict is inconclusive
+CONFIRMATIONS = 2  # measurements that must all say "over" before a slowdown is believed
 RECORD_MEASUREMENTS = 3  # measurements when a baseline is recorded (see recorded)
 
 
@@ -281,12 +296,16 @@ def measure_and_judge(
             slowdown=slowdown,
         )
 
-    def settled(current: TimingJudgement) -> bool:
-        verdicts = (*current.limits, *([current.baseline] if current.baseline else []))
-        return all(v.status == Status.OK for v in verdicts)
+    def needs_another(current: TimingJudgement) -> bool:
+        statuses = {v.status for v in (*current.limits, *([current.baseline] if current.baseline else []))}
+        if Status.INCONCLUSIVE in statuses:
+            return len(measurements) <= REMEASUREMENTS
+        # "over" is believed once another measurement says so too (the verdict takes the
+        # least slowed of them); a call within its budget is not measured again.
+        return Status.OVER in statuses and len(measurements) < CONFIRMATIONS
 
     current = judged()
-    while not settled(current) and len(measurements) <= REMEASUREMENTS:
+    while needs_another(current):
         measurements.append(measure())
         current = judged()
     # Probes after the fact, where no ratio to the machine's speed was measured (CUDA).
@@ -298,6 +317,42 @@ def measure_and_judge(
         slowdown = machine_slowdown(probe(), baseline.probes)
         current = judged()
     return current
+
+
+def decided_early(
+    stats: TimingStats,
+    *,
+    limits_ms: Sequence[float],
+    baseline: LatencyBaseline | None,
+    tolerance: float,
+    stat: str,
+) -> bool:
+    """Whether the samples of one measurement so far settle every timed check of the call.
+
+    For sequential stopping (``run_rounds(decided=...)``): a check is settled when it is
+    clearly within its limit or baseline -- by three standard errors of the figure it rests
+    on -- or over it (a slowdown is measured again anyway before it is believed). Nothing to
+    judge (no limit, no baseline) is settled at once. Undecided, the measurement goes on for
+    its full minimum time.
+    """
+    error = standard_error(stats.spread, stats.samples)
+    measured = stats.stat(stat)
+    for limit in limits_ms:
+        verdict = judge_limit([stats], limit, stat=stat)
+        if verdict.status == Status.INCONCLUSIVE or (
+            verdict.status == Status.OK and measured * (1.0 + 3.0 * error) > limit
+        ):
+            return False
+    if baseline is None:
+        return True
+    verdict = judge([stats], baseline, tolerance=tolerance, stat=stat)
+    if verdict.status != Status.OK:
+        return verdict.status == Status.OVER
+    found = _own_slowdown([stats], baseline)
+    if found is not None:
+        own, own_error = found
+        return own * (1.0 + 3.0 * own_error) <= 1.0 + tolerance
+    return measured * (1.0 + 3.0 * error) <= baseline.stat(stat) * (1.0 + tolerance)
 
 
 def recorded(measurements: Sequence[TimingStats], stat: str = "median") -> TimingStats:

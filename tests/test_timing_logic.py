@@ -12,10 +12,11 @@ import pytest
 from pytest_modelbudget.cuda_memory import max_batch, search_max_batch
 from pytest_modelbudget.errors import MeasurementError
 from pytest_modelbudget.probes import machine_slowdown
-from pytest_modelbudget.timing import TimingSettings, TimingStats, run_rounds, summarize
+from pytest_modelbudget.timing import Block, TimingSettings, TimingStats, run_rounds, summarize
 from pytest_modelbudget.timing_verdicts import (
     RECORD_MEASUREMENTS,
     LatencyBaseline,
+    decided_early,
     judge,
     judge_limit,
     measure_and_judge,
@@ -173,7 +174,7 @@ def test_remeasures_only_while_something_looks_slow_then_probes() -> None:
         stat="median",
         probe=probe,
     )
-    assert len(judged.measurements) == 3  # one, then two re-measurements
+    assert len(judged.measurements) == 2  # one, then one that confirms the slowdown
     assert probed == [1]
     assert judged.slowdown == pytest.approx(1.275)
     assert judged.limits == () and judged.baseline is not None
@@ -396,3 +397,106 @@ def test_a_quiet_measurement_still_samples_for_the_minimum_time() -> None:
     )
     assert result.wall_s == pytest.approx(0.5, abs=0.02)
     assert result.samples > 10
+
+
+# --- noise: the thread's CPU time, sequential stopping, re-measurements ---------------
+
+
+def test_the_ratio_rests_on_the_blocks_own_time() -> None:
+    # A neighbour had the core for half of every block: the wall time doubles, the thread's
+    # own (CPU) time does not -- and the ratio to the probe follows the own time.
+    machine = FakeMachine(per_call=0.001)
+
+    def run_block(number: int) -> Block:
+        own = machine.run_block(number)
+        machine.now += own  # the descheduled half
+        return Block(wall_s=2 * own, own_s=own)
+
+    result = run_rounds(
+        run_block,
+        TimingSettings(time_budget_s=1.0),
+        clock=machine.clock,
+        speed_probe=lambda: 0.0002,
+        own_clock="thread",
+    )
+    assert result.median_ms == pytest.approx(2.0)  # the latency users read stays wall time
+    assert result.relative == pytest.approx(5.0)
+    assert result.own_clock == "thread"
+
+
+def test_a_decided_measurement_stops_at_the_decision_minimum() -> None:
+    machine = FakeMachine(per_call=0.001)
+    seen: list[int] = []
+
+    def decided(partial: TimingStats) -> bool:
+        seen.append(partial.samples)
+        return partial.samples >= 15
+
+    settings = TimingSettings(time_budget_s=100.0, min_time_s=1.0, min_decide_s=0.1)
+    result = run_rounds(machine.run_block, settings, clock=machine.clock, decided=decided)
+    assert result.samples == 15
+    assert seen[0] == 10  # asked only from min_samples and min_decide_s on
+    undecided = FakeMachine(per_call=0.001)
+    result = run_rounds(undecided.run_block, settings, clock=undecided.clock, decided=lambda _: False)
+    assert result.wall_s == pytest.approx(1.0, abs=0.02)  # undecided: the full minimum time
+
+
+def own_run(median: float, relative: float, spread: float = 0.02, clock: str = "thread") -> TimingStats:
+    return replace(run(median, relative, spread), relative_spread=spread, own_clock=clock)
+
+
+def test_time_lost_to_other_processes_is_ok_when_the_ratio_is_cpu_time() -> None:
+    # Latency +30%, the model's own CPU time relative to the probe unchanged.
+    assert judge([own_run(13.0, 51.0)], OWN, tolerance=0.10).status == "ok"
+    assert judge([own_run(13.0, 51.0, clock="wall")], OWN, tolerance=0.10).status == "inconclusive"
+    # A 25% slowdown with the ratio's noise at 2%: over, whatever the wall clock says.
+    assert judge([own_run(16.0, 62.5)], OWN, tolerance=0.10).status == "over"
+
+
+@pytest.mark.parametrize(
+    ("measured", "limits", "baseline", "expected"),
+    [
+        (own_run(10.0, 50.0, spread=0.01), [], OWN, True),  # clearly within the baseline
+        (own_run(10.0, 54.0, spread=0.2), [], OWN, False),  # within, but not by 3 standard errors
+        (own_run(13.0, 65.0, spread=0.01), [], OWN, True),  # clearly over: re-measured anyway
+        (own_run(12.0, 56.0, spread=0.10), [], OWN, False),  # over the tolerance, within the noise
+        (stats(10.0, 0.01), [], None, True),  # nothing to judge
+        (stats(10.0, 0.01), [20.0], None, True),  # clearly within the limit
+        (stats(19.9, 0.01), [20.0], None, False),  # within the limit by less than the noise
+        (stats(30.0, 0.01), [20.0], None, True),  # clearly over the limit
+        (stats(10.0, 0.01), [], BASE, True),  # latency only: clearly within
+        (stats(10.9, 0.20), [], BASE, False),  # latency only: within by less than the noise
+    ],
+)
+def test_decided_early(
+    measured: TimingStats, limits: list[float], baseline: LatencyBaseline | None, expected: bool
+) -> None:
+    assert (
+        decided_early(measured, limits_ms=limits, baseline=baseline, tolerance=0.10, stat="median")
+        is expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("relatives", "expected_measurements", "status"),
+    [
+        ([50.0], 1, "ok"),  # within the baseline: measured once
+        ([65.0, 64.0], 2, "over"),  # over, confirmed by a second measurement
+        ([65.0, 50.0], 2, "ok"),  # the second measurement was back to normal: the least slowed decides
+        ([57.0, 57.5, 57.2], 3, "inconclusive"),  # beyond the tolerance, within the noise: up to three
+    ],
+)
+def test_remeasurements_follow_the_verdict(
+    relatives: list[float], expected_measurements: int, status: str
+) -> None:
+    values = iter(relatives)
+    judged = measure_and_judge(
+        lambda: own_run(12.0, next(values), spread=0.3),  # latency +20% in every measurement
+        limits_ms=[],
+        baseline=OWN,
+        tolerance=0.10,
+        stat="median",
+        probe=lambda: {},
+    )
+    assert len(judged.measurements) == expected_measurements
+    assert judged.baseline is not None and judged.baseline.status == status

@@ -5,6 +5,10 @@ These tests check what was measured and how, never how fast it was.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -33,6 +37,49 @@ def test_cpu_measurement_structure() -> None:
         "| 1 thread | float32 | eager"
     )
     assert stats.fingerprint == placement_for(model, (torch.randn(8, 16),), QUICK).fingerprint
+
+
+def test_one_thread_cpu_timing_rests_on_the_threads_cpu_time() -> None:
+    stats = time_forward(small_model().eval(), (torch.randn(8, 16),), settings=QUICK)
+    assert stats.own_clock == "thread" and stats.relative is not None and stats.relative > 0
+    two = time_forward(
+        small_model().eval(), (torch.randn(8, 16),), settings=TimingSettings(threads=2, time_budget_s=0.2)
+    )
+    assert two.own_clock == "wall"  # other threads' work is not in the calling thread's CPU time
+
+
+HEAP_PROBE = """
+import ctypes, sys
+import torch
+from pytest_modelbudget.devices import steady_heap
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "steady":
+    assert steady_heap() is True
+mapped = libc.mallinfo2().hblkhd
+buffer = torch.zeros(4 * 2**20)  # 16 MiB
+print(libc.mallinfo2().hblkhd - mapped)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_steady_heap_serves_activation_sized_buffers_from_the_heap(tmp_path: Path) -> None:
+    # A fresh process maps a 16 MiB buffer on its own (glibc's default threshold is 128 KiB
+    # until a free raises it); after steady_heap() it comes from the heap, in every process.
+    script = tmp_path / "heap.py"
+    script.write_text(HEAP_PROBE)
+
+    def mapped_bytes(mode: str) -> int:
+        done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, check=True)
+        return int(done.stdout.split()[-1])
+
+    assert mapped_bytes("default") >= 16 * 2**20
+    assert mapped_bytes("steady") == 0
 
 
 def test_thread_count_is_fixed_then_restored() -> None:
