@@ -47,7 +47,10 @@ class TimingSettings:
     min_time_s: float = 1.0
     # ...unless the caller's verdict is already clear (``run_rounds(decided=...)``): then this
     # long is enough. A call clearly within its budget pays for no more.
-    min_decide_s: float = 0.25
+    min_decide_s: float = 0.15
+    # Warm-up before the first timed block: at least two calls, then up to this long (or 50
+    # calls). Lazy initialisation, kernel selection and the allocator settle in a few calls.
+    warmup_s: float = 0.05
     precision: float = 0.01  # stop early once the median's relative standard error is below this
     cuda_graph: bool = False
     autocast: str | None = None  # time under torch.autocast to this dtype ("bfloat16", "float16")
@@ -187,9 +190,9 @@ def run_rounds(
     clock = clock or wall_clock
     start = clock()
     deadline = start + settings.time_budget_s
-    # Warm-up: at least two calls, then up to a tenth of the budget.
+    # Warm-up: at least two calls, then up to warmup_s.
     warm_calls = 0
-    while warm_calls < 2 or (clock() - start < settings.time_budget_s * 0.1 and warm_calls < 50):
+    while warm_calls < 2 or (clock() - start < settings.warmup_s and warm_calls < 50):
         one = _block(run_block(1)).wall_s
         warm_calls += 1
     per_call = max(one, 1e-9)
