@@ -83,6 +83,9 @@ class TimingStats:
     # "thread": `relative` was measured in the timing thread's CPU time (CPU, one thread), so
     # time the scheduler gave to other processes is not in it; "wall": in wall time.
     own_clock: str = "wall"
+    # The lower quartile of those ratios: the model's cost in the blocks a neighbour disturbed
+    # least (interference only ever slows a block down). What a slowdown is judged by.
+    relative_low: float | None = None
     probes: Mapping[str, float] = field(default_factory=dict)  # median probe times during the measurement, ms
 
     @property
@@ -134,6 +137,12 @@ def spread_of(values: Sequence[float]) -> float:
         return 0.0
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return (q3 - q1) / median if median else 0.0
+
+
+def _lower_quartile(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=4, method="inclusive")[0]
 
 
 def standard_error(spread: float, samples: int) -> float:
@@ -233,7 +242,11 @@ def _stats(
     stats = summarize(samples, calls=calls, wall_s=wall_s)
     if ratios:
         stats = replace(
-            stats, relative=statistics.median(ratios), relative_spread=spread_of(ratios), own_clock=own_clock
+            stats,
+            relative=statistics.median(ratios),
+            relative_low=_lower_quartile(ratios),
+            relative_spread=spread_of(ratios),
+            own_clock=own_clock,
         )
     return stats
 

@@ -504,3 +504,57 @@ def test_remeasurements_follow_the_verdict(
     )
     assert len(judged.measurements) == expected_measurements
     assert judged.baseline is not None and judged.baseline.status == status
+
+
+def test_the_lower_quartile_of_the_block_ratios_decides() -> None:
+    # Half the blocks ran while a neighbour had the core's caches: their ratio is 1.5x.
+    machine = FakeMachine(per_call=0.001)
+    blocks = iter(range(10_000))
+
+    def run_block(number: int) -> Block:
+        own = machine.run_block(number) * (1.5 if next(blocks) % 2 else 1.0)
+        return Block(wall_s=own, own_s=own)
+
+    result = run_rounds(
+        run_block, TimingSettings(time_budget_s=1.0), clock=machine.clock, speed_probe=lambda: 0.0002
+    )
+    assert result.relative_low == pytest.approx(5.0)
+    assert result.relative is not None and result.relative > 5.5
+    # Judged by the quiet blocks: latency +30%, own cost as in the baseline -> not over.
+    disturbed = replace(own_run(13.0, 65.0, spread=0.01), relative_low=50.5)
+    assert judge([disturbed], OWN, tolerance=0.10).status == "ok"
+    assert judge([replace(disturbed, relative_low=None)], OWN, tolerance=0.10).status == "over"
+
+
+def test_a_remeasurement_samples_longer_than_a_neighbours_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from torch import nn
+
+    from pytest_modelbudget import timing
+    from pytest_modelbudget.baselines import Entry
+    from pytest_modelbudget.budgets import Budget, CallSettings
+    from pytest_modelbudget.measure import measure_call
+    from pytest_modelbudget.timing_verdicts import RECHECK_MIN_S
+
+    asked: list[float] = []
+
+    def fake_time_forward(model, args, kwargs, settings, **options):  # type: ignore[no-untyped-def]
+        asked.append(settings.min_decide_s)
+        return replace(own_run(13.0, 65.0, spread=0.01), fingerprint=options["where"].fingerprint)
+
+    monkeypatch.setattr(timing, "time_forward", fake_time_forward)
+    model, x = nn.Linear(4, 4), torch.randn(2, 4)
+    fingerprint = timing.placement_for(model, (x,), timing.TimingSettings()).fingerprint
+    entry = Entry(metrics={"macs": 32}, timing={fingerprint: OWN.to_stored()})
+    result, _ = measure_call(
+        model,
+        (x,),
+        {},
+        nodeid="t",
+        name=None,
+        marker=Budget(limits={}, options={"timing": True}),
+        entry=entry,
+        settings=CallSettings(),
+    )
+    assert result.verdict == "over"
+    assert asked == [timing.TimingSettings().min_decide_s, RECHECK_MIN_S]  # confirmed once, sampled longer
