@@ -9,11 +9,14 @@ How one measurement works:
   thrown away.
 * **Blocks**: calls are timed in blocks long enough that the clock's resolution and the
   per-block overhead vanish; one sample = block time / calls in the block. On CUDA a
-  block is bracketed by CUDA events and synchronized once at its end, never per call.
+  block is bracketed by CUDA events and synchronized once at its end, never per call. On
+  CPU with one thread a block (and the speed probe before it) is also timed by the
+  thread's CPU time, which leaves out the moments other processes had the core.
 * **CUDA graphs** (optional): the forward is captured once and replays are timed,
   which removes host launch overhead -- the only stable latency for small GPU batches.
-* **Adaptive**: blocks are run until the median is known to ``precision`` or the time
-  budget is spent; the summary keeps median, p90, min, mean, IQR, counts and wall time.
+* **Adaptive**: blocks are run until the caller's verdict is clear (``decided``), or the
+  median is known to ``precision``, or the time budget is spent; the summary keeps
+  median, p90, min, mean, IQR, counts, wall time and the ratios to the probe.
 
 How a measurement is judged is :mod:`.timing_verdicts`' job; peak memory and the largest
 batch that fits are :mod:`.cuda_memory`'s.
