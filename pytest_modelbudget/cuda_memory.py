@@ -8,7 +8,6 @@ estimate from the dispatch trace instead (:attr:`~.counting.Counts.peak_memory`)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from .errors import MeasurementError
@@ -51,19 +50,12 @@ def cuda_peak_memory(
     """
     import torch
 
-    from .devices import exclusive_use, forward_on, target_device
+    from .devices import exclusive_run, target_device
 
     where = target_device(model, args, device)
     if where.type != "cuda" or not torch.cuda.is_available():
         raise MeasurementError(f"the CUDA memory peak needs a CUDA device, but the model runs on {where}")
-    with ExitStack() as stack:
-        stack.enter_context(exclusive_use(model, where, inference=train is None))
-        if train is not None:
-            from .training import train_step_on
-
-            run = stack.enter_context(train_step_on(model, args, kwargs, where, train))
-        else:
-            run = forward_on(model, args, kwargs, where, autocast)
+    with exclusive_run(model, args, kwargs, where, autocast=autocast, train=train) as run:
         try:
             return forward_peak_memory(run, where)
         except torch.OutOfMemoryError as error:

@@ -175,6 +175,30 @@ def _on_device(model: Any, device: torch.device) -> Iterator[None]:
         model.to(original)
 
 
+@contextmanager
+def exclusive_run(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    device: torch.device,
+    *,
+    threads: int | None = None,
+    autocast: str | None = None,
+    train: Any = None,
+) -> Iterator[Callable[[], object]]:
+    """What timing and the CUDA peak repeat, with the model alone on ``device``
+    (:func:`exclusive_use`): its forward (:func:`forward_on`), or with ``train`` (a
+    ``training.TrainSpec``) one training step on copies of its parameters."""
+    with exclusive_use(model, device, threads, inference=train is None):
+        if train is None:
+            yield forward_on(model, args, kwargs, device, autocast)
+            return
+        from .training import train_step_on
+
+        with train_step_on(model, args, kwargs, device, train) as step:
+            yield step
+
+
 # glibc's mallopt parameters, and the values steady_heap() fixes them at: the largest
 # threshold glibc's own dynamic adjustment can reach (32 MiB on 64-bit), and twice that for
 # trimming, as glibc pairs them.

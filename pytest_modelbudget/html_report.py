@@ -24,7 +24,7 @@ from typing import Any
 from .baselines import ROOT_MODULE
 from .checks import Check, Status
 from .html_assets import CSS, SCRIPT
-from .metrics import METRICS_BY_NAME, beyond_float32
+from .metrics import METRICS, METRICS_BY_NAME, beyond_float32
 from .report import dtype_breakdown, memory_breakdown
 from .results import CallResult
 from .units import format_bytes, format_count, format_duration
@@ -273,7 +273,8 @@ def _section(index: int, result: CallResult) -> Iterator[str]:
     yield "</section>"
 
 
-_TRAIN_STATS = ("train_macs", "train_flops", "train_memory", "train_cuda_memory")
+# A training step's counted figures (its timed one is shown as the timing, above).
+_TRAIN_STATS = tuple(m.name for m in METRICS if m.call == "train" and not m.timed)
 
 
 def _stats(result: CallResult) -> Iterator[str]:

@@ -123,6 +123,9 @@ class Metric:
     # A ratcheted metric is stored only where this holds of the call's values (default: always).
     stored_if: Callable[[Mapping[str, float]], bool] | None = None
     zero_allowed: bool = False  # a limit of 0 means "none at all" (graph breaks), not a mistake
+    # The calls that measure it: "forward" (model_budget(...)), "train" (a training step,
+    # model_budget.train_step(...)) or "any". A limit on the other kind is an error.
+    call: str = "any"
 
     def parse(self, value: object) -> float:
         return _PARSERS[self.unit](value)
@@ -188,6 +191,7 @@ METRICS: tuple[Metric, ...] = (
         "latency of one forward (median, or p90 with latency_stat)",
         read=lambda r: _step_time(r, train=False),
         timed=True,
+        call="forward",
     ),
     Metric(
         "throughput",
@@ -204,6 +208,7 @@ METRICS: tuple[Metric, ...] = (
         "ms",
         "roofline estimate of latency on the given hardware (deterministic)",
         read=lambda r: r.roofline_ms,
+        call="forward",
     ),
     Metric(
         "memory",
@@ -211,6 +216,7 @@ METRICS: tuple[Metric, ...] = (
         "bytes",
         "peak memory of one forward: CUDA allocator peak, or a CPU estimate",
         read=_memory,
+        call="forward",
     ),
     Metric(
         "max_batch",
@@ -220,6 +226,7 @@ METRICS: tuple[Metric, ...] = (
         read=lambda r: r.max_batch,
         timed=True,
         higher_is_better=True,
+        call="forward",
     ),
     # Training steps (model_budget.train_step): counted on meta tensors like the forward.
     Metric(
@@ -229,6 +236,7 @@ METRICS: tuple[Metric, ...] = (
         "MACs of one training step: forward, loss and backward (recomputed checkpoints included)",
         read=lambda r: r.train.macs if r.train else None,
         ratcheted=True,
+        call="train",
     ),
     Metric(
         "train_flops",
@@ -236,6 +244,7 @@ METRICS: tuple[Metric, ...] = (
         "count",
         "floating-point operations of one training step, 2 x train MACs",
         read=lambda r: r.train.flops if r.train else None,
+        call="train",
     ),
     Metric(
         "train_memory",
@@ -245,6 +254,7 @@ METRICS: tuple[Metric, ...] = (
         "activations, temporaries",
         read=lambda r: r.train.memory if r.train else None,
         ratcheted=True,
+        call="train",
     ),
     Metric(
         "train_cuda_memory",
@@ -252,6 +262,7 @@ METRICS: tuple[Metric, ...] = (
         "bytes",
         "CUDA allocator peak of one real training step (CUDA only)",
         read=lambda r: r.cuda_memory if r.train and r.on_cuda else None,
+        call="train",
     ),
     Metric(
         "train_step_ms",
@@ -260,6 +271,7 @@ METRICS: tuple[Metric, ...] = (
         "time of one synchronized training step (median, or p90 with latency_stat)",
         read=lambda r: _step_time(r, train=True),
         timed=True,
+        call="train",
     ),
     # Compiled calls (compile=True): dynamo's own records, deterministic for given code and torch.
     Metric(
@@ -312,9 +324,8 @@ METRICS: tuple[Metric, ...] = (
 METRICS_BY_NAME = {m.name: m for m in METRICS}
 METRICS_BY_KEYWORD = {m.keyword: m for m in METRICS}
 RATCHETED = tuple(m.name for m in METRICS if m.ratcheted)
-# Measured only by a training step, and the forward-only metrics a training step has no value for.
-TRAIN_ONLY = ("train_macs", "train_flops", "train_memory", "train_cuda_memory", "train_step_ms")
-FORWARD_ONLY = ("latency_ms", "memory", "roofline_ms", "max_batch")
+TRAIN_ONLY = tuple(m.name for m in METRICS if m.call == "train")
+FORWARD_ONLY = tuple(m.name for m in METRICS if m.call == "forward")
 COMPILED = tuple(m.name for m in METRICS if m.compiled)
 
 # The order values are read in, and so the order of a call's metrics in every report:

@@ -28,7 +28,6 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -354,7 +353,7 @@ def time_forward(
     import torch
 
     from .cuda_memory import forward_peak_memory
-    from .devices import batch_size_of, exclusive_use, forward_on
+    from .devices import batch_size_of, exclusive_run
     from .probes import SpeedProbe
 
     settings = settings or TimingSettings()
@@ -366,15 +365,9 @@ def time_forward(
     batch = batch_size if batch_size is not None else batch_size_of(args, kwargs)
     if progress:
         progress(f"timing on {where.fingerprint}")
-    with ExitStack() as stack:
-        stack.enter_context(exclusive_use(model, device, where.threads, inference=settings.train is None))
-        if settings.train is not None:
-            from .training import train_step_on
-
-            forward = stack.enter_context(train_step_on(model, args, kwargs, device, settings.train))
-        else:
-            forward = forward_on(model, args, kwargs, device, settings.autocast)
-
+    with exclusive_run(
+        model, args, kwargs, device, threads=where.threads, autocast=settings.autocast, train=settings.train
+    ) as forward:
         try:
             if settings.compiled:
                 # Whatever is left to compile here (another device, another grad mode) is

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils._pytree import tree_leaves, tree_map_only
@@ -151,6 +151,43 @@ def _twin(tensor: torch.Tensor, to_meta: bool) -> torch.Tensor:
     return twin.requires_grad_(tensor.requires_grad)
 
 
+class _Twins(NamedTuple):
+    """The stand-ins a step runs on: parameters and buffers (by name, bound to the model
+    with :func:`_bound`) and the inputs, target included."""
+
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    target: Any
+
+    @classmethod
+    def of(
+        cls,
+        model: torch.nn.Module,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        target: Any,
+        twin: Callable[[torch.Tensor], torch.Tensor],
+    ) -> _Twins:
+        # named_parameters() lists a tied tensor once; _bound ties its other names.
+        params = {name: twin(p) for name, p in model.named_parameters()}
+        buffers = {name: twin(b) for name, b in model.named_buffers()}
+        inputs = tree_map_only(torch.Tensor, twin, (args, dict(kwargs), target))
+        return cls(params, buffers, *inputs)
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.params.values())  # in the order of model.parameters()
+
+    @property
+    def bound(self) -> dict[str, torch.Tensor]:
+        return {**self.params, **self.buffers}
+
+    def held_bytes(self) -> int:
+        return distinct_bytes(self.bound.values())
+
+
 def _count_step(
     model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], spec: TrainSpec, *, to_meta: bool
 ) -> TrainCounts:
@@ -158,18 +195,15 @@ def _count_step(
     inventory = Inventory.of(model)
     executed_on = "meta" if to_meta else device_of(inventory, args)
     with model_left_as_it_was(inventory, restore_values=False):
-        # named_parameters() lists a tied tensor once; functional_call ties its other names.
-        params = {name: _twin(p, to_meta) for name, p in model.named_parameters()}
-        buffers = {name: _twin(b, to_meta) for name, b in model.named_buffers()}
-        twins = list(params.values())  # in the order of model.parameters()
-        trainable = [t for t in twins if t.requires_grad]
-        args, kwargs, target = tree_map_only(
-            torch.Tensor, lambda t: _twin(t, to_meta), (args, kwargs, spec.target)
-        )
+        twins = _Twins.of(model, args, kwargs, spec.target, lambda t: _twin(t, to_meta))
+        args, kwargs, target = twins.args, twins.kwargs, twins.target
+        trainable = [t for t in twins.parameters if t.requires_grad]
         memory = StepMemory()
-        memory.hold("params", distinct_bytes([*params.values(), *buffers.values()]))
+        memory.hold("params", twins.held_bytes())
         memory.inputs(t for t in tree_leaves((args, kwargs, target)) if isinstance(t, torch.Tensor))
-        optimizer = _steady_optimizer(build_optimizer, twins, on_meta=to_meta) if build_optimizer else None
+        optimizer = (
+            _steady_optimizer(build_optimizer, twins.parameters, on_meta=to_meta) if build_optimizer else None
+        )
         if optimizer is not None:
             memory.hold("optimizer_state", _state_bytes(optimizer))
 
@@ -185,7 +219,7 @@ def _count_step(
         has_rnn = any(isinstance(module, torch.nn.RNNBase) for _, module in inventory.modules)
         # The twins stay bound through the backward too: a checkpointed segment runs its
         # forward again there, and must meet the twins, not the real parameters.
-        with torch.enable_grad(), tracker, _bound(model, {**params, **buffers}):
+        with torch.enable_grad(), tracker, _bound(model, twins.bound):
             model.train()
             with MetaArguments(modes["forward"]) if to_meta and has_rnn else nullcontext(), modes["forward"]:
                 output = model(*args, **kwargs)
@@ -240,21 +274,14 @@ def train_step_on(
     model's own tensors are never updated; the caller restores its train/eval flags.
     """
     build_optimizer, _ = optimizer_factory(spec.optimizer, model)
-    params = {name: _twin(p.to(device), False) for name, p in model.named_parameters()}
-    buffers = {name: b.detach().to(device).clone() for name, b in model.named_buffers()}
-    twins = list(params.values())
-    trainable = [t for t in twins if t.requires_grad]
-    args, kwargs, target = tree_map_only(
-        torch.Tensor,
-        lambda t: t.detach().to(device).requires_grad_(t.requires_grad),
-        (args, dict(kwargs), spec.target),
+    twins = _Twins.of(model, args, kwargs, spec.target, lambda t: _twin(t.to(device), False))
+    trainable = [t for t in twins.parameters if t.requires_grad]
+    optimizer = (
+        _steady_optimizer(build_optimizer, twins.parameters, on_meta=False) if build_optimizer else None
     )
-    optimizer = _steady_optimizer(build_optimizer, twins, on_meta=False) if build_optimizer else None
-    held = distinct_bytes([*params.values(), *buffers.values()]) + (
-        _state_bytes(optimizer) if optimizer else 0
-    )
-    with _bound(model, {**params, **buffers}):
-        yield _Step(model, args, kwargs, target, spec, trainable, optimizer, held)
+    held = twins.held_bytes() + (_state_bytes(optimizer) if optimizer else 0)
+    with _bound(model, twins.bound):
+        yield _Step(model, twins.args, twins.kwargs, twins.target, spec, trainable, optimizer, held)
 
 
 class _Step:
