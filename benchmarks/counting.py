@@ -107,7 +107,7 @@ def build_model(name: str) -> tuple[Any, int, dict[str, Any]]:
 
 
 def _count_modelbudget(model: Any, x: Any) -> tuple[int, int | None, dict[str, Any]]:
-    from pytest_modelbudget.counting import count
+    from pytest_modelbudget.core.counting.count import count
 
     counts = count(model, (x,))
     return (
@@ -168,7 +168,7 @@ def _count_flopcountermode(model: Any, x: Any) -> tuple[int, int | None, dict[st
 
 
 PREIMPORT = {
-    "modelbudget": "pytest_modelbudget.counting",
+    "modelbudget": "pytest_modelbudget.core.counting.count",
     "thop": "thop",
     "ptflops-pytorch": "ptflops",
     "ptflops-aten": "ptflops",
@@ -528,7 +528,7 @@ def scaling(runs: int, forward_runs: int) -> list[dict[str, Any]]:
     import torch
     import torchvision
 
-    from pytest_modelbudget.counting import count
+    from pytest_modelbudget.core.counting.count import count
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval()
@@ -696,7 +696,7 @@ def llm_worker(which: str) -> dict[str, Any]:
     rss_torch = _maxrss_mib()
     import_s = time.perf_counter() - start
     if which == "modelbudget":
-        from pytest_modelbudget.counting import count
+        from pytest_modelbudget.core.counting.count import count
     else:
         from torch.utils.flop_counter import FlopCounterMode
     rss_imports = _maxrss_mib()

@@ -188,7 +188,7 @@ def median_ms(call, seconds=1.5):
 kind, share = sys.argv[1], float(sys.argv[2])
 # The plugin fixes glibc's malloc thresholds before it times (a conv net runs 1.9 or 3.5 ms
 # depending on the process otherwise): calibrate the slowdown against the same forward.
-from pytest_modelbudget.devices import steady_heap
+from pytest_modelbudget.core.devices import steady_heap
 steady_heap()
 loop_ms = median_ms(lambda: python_work(100_000)) / 100_000
 forward, amount, slowed = {}, {}, {}

@@ -25,15 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_modelbudget.devices import cpu_model
-from pytest_modelbudget.probes import measure_probes
-from pytest_modelbudget.timing import TimingSettings, TimingStats, time_forward
-from pytest_modelbudget.timing_verdicts import (
+from pytest_modelbudget.budgets.timing_verdicts import (
     RECORD_MEASUREMENTS,
     LatencyBaseline,
     measure_and_judge,
     recorded,
 )
+from pytest_modelbudget.core.devices import cpu_model
+from pytest_modelbudget.core.timing.probes import measure_probes
+from pytest_modelbudget.core.timing.timer import TimingSettings, TimingStats, time_forward
 
 REPEATS = 5  # measurements per method, for the run-to-run spread
 
@@ -300,7 +300,7 @@ def probe_choice(seconds: float = 60.0) -> list[dict[str, Any]]:
     """
     import torchvision
 
-    from pytest_modelbudget.probes import PROBES
+    from pytest_modelbudget.core.timing.probes import PROBES
 
     torch.set_num_threads(1)
     probes = {name: make() for name, make in PROBES.items()}

@@ -30,14 +30,14 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from example_project.models import SimpleModel, TinyGPT  # noqa: E402
-from pytest_modelbudget import report  # noqa: E402
-from pytest_modelbudget.baselines import Entry  # noqa: E402
-from pytest_modelbudget.budgets import CallSettings, parse_budget  # noqa: E402
-from pytest_modelbudget.counting import count  # noqa: E402
-from pytest_modelbudget.html_report import render  # noqa: E402
-from pytest_modelbudget.measure import MODULE_DEPTH, measure_call  # noqa: E402
-from pytest_modelbudget.results import CallResult, shallow_modules  # noqa: E402
-from pytest_modelbudget.timing import TimingSettings  # noqa: E402
+from pytest_modelbudget.budgets.baselines import Entry  # noqa: E402
+from pytest_modelbudget.budgets.budget import CallSettings, parse_budget  # noqa: E402
+from pytest_modelbudget.budgets.measure import MODULE_DEPTH, measure_call  # noqa: E402
+from pytest_modelbudget.budgets.results import CallResult, shallow_modules  # noqa: E402
+from pytest_modelbudget.core.counting.count import count  # noqa: E402
+from pytest_modelbudget.core.timing.timer import TimingSettings  # noqa: E402
+from pytest_modelbudget.report import words as report  # noqa: E402
+from pytest_modelbudget.report.html import render  # noqa: E402
 
 CHROMIUM_FLAGS = (
     "--headless",

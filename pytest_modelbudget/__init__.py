@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 if TYPE_CHECKING:
-    from .counting import Counts, count
-    from .training import TrainCounts, TrainSpec, count_train_step
+    from .core.counting.count import Counts, count
+    from .core.training.step import TrainCounts, TrainSpec, count_train_step
 
 __all__ = ["Counts", "TrainCounts", "TrainSpec", "__version__", "count", "count_train_step"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("count", "Counts"):
-        from . import counting
+        from .core.counting import count as counting
 
         return getattr(counting, name)
     if name in ("count_train_step", "TrainSpec", "TrainCounts"):
-        from . import training
+        from .core.training import step as training
 
         return getattr(training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ import torch
 
 
 def _load_torch_lazily_imported_modules() -> None:
-    from pytest_modelbudget.counting import count
+    from pytest_modelbudget.core.counting.count import count
 
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 2, 3),

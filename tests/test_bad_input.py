@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import write_test
 
-from pytest_modelbudget import baselines
+from pytest_modelbudget.budgets import baselines
 
 USAGE = pytest.ExitCode.USAGE_ERROR
 FAILED = pytest.ExitCode.TESTS_FAILED

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modelbudget import baselines
-from pytest_modelbudget.baselines import Entry
+from pytest_modelbudget.budgets import baselines
+from pytest_modelbudget.budgets.baselines import Entry
 from pytest_modelbudget.errors import BaselineFileError
 
 ENTRY = Entry(

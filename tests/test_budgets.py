@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_modelbudget.budgets import (
+from pytest_modelbudget.budgets.budget import (
     KEYWORDS,
     Budget,
     CallSettings,
@@ -11,9 +11,9 @@ from pytest_modelbudget.budgets import (
     parse_budget,
     resolve,
 )
-from pytest_modelbudget.checks import Check, check_baseline, check_call
+from pytest_modelbudget.budgets.checks import Check, check_baseline, check_call
 from pytest_modelbudget.errors import BudgetSpecError
-from pytest_modelbudget.report import describe
+from pytest_modelbudget.report.words import describe
 
 
 def check(
@@ -126,7 +126,7 @@ def test_a_call_budget_merges_marker_file_and_run_settings_once() -> None:
 
 
 def test_a_budget_of_zero_is_unused_until_exceeded() -> None:
-    from pytest_modelbudget.checks import Status
+    from pytest_modelbudget.budgets.checks import Status
 
     kept = Check("graph_breaks", 0, 0, Source.BASELINE, Status.OK)
     broken = Check("graph_breaks", 1, 0, Source.MARKER, Status.OVER)
@@ -135,8 +135,8 @@ def test_a_budget_of_zero_is_unused_until_exceeded() -> None:
 
 
 def test_latency_and_throughput_read_the_judged_statistic() -> None:
-    from pytest_modelbudget.metrics import METRICS_BY_NAME, Readings
-    from pytest_modelbudget.timing import TimingStats
+    from pytest_modelbudget.budgets.metrics import METRICS_BY_NAME, Readings
+    from pytest_modelbudget.core.timing.timer import TimingStats
 
     timing = TimingStats(6.0, 20.0, 5.0, 8.0, 2.0, samples=20, calls=200, wall_s=1.0, batch_size=4)
 

@@ -303,9 +303,9 @@ def test_inductor_counts_kernels_and_the_cli_compiles_every_call(compiled_projec
 
 
 def test_compile_limits_need_a_compiled_call_and_no_autocast() -> None:
-    from pytest_modelbudget.budgets import CallSettings, parse_budget
+    from pytest_modelbudget.budgets.budget import CallSettings, parse_budget
+    from pytest_modelbudget.budgets.measure import measure_call
     from pytest_modelbudget.errors import MeasurementError
-    from pytest_modelbudget.measure import measure_call
 
     def measure(**marker: object) -> None:
         measure_call(

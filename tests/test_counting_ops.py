@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_modelbudget import shape_rules
-from pytest_modelbudget.counting import Counts, count
+from pytest_modelbudget.core.counting import shape_rules
+from pytest_modelbudget.core.counting.count import Counts, count
 from pytest_modelbudget.errors import MeasurementError
 
 aten = torch.ops.aten

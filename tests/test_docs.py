@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modelbudget import budgets, options
+from pytest_modelbudget.budgets import budget as budgets
+from pytest_modelbudget.plugin import options
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REFERENCE = (DOCS / "reference.md").read_text()

@@ -15,8 +15,8 @@ import torch
 import torchao.quantization  # noqa: F401
 import torchvision  # noqa: F401
 
-from pytest_modelbudget import baselines
-from pytest_modelbudget.counting import count
+from pytest_modelbudget.budgets import baselines
+from pytest_modelbudget.core.counting.count import count
 
 REPO = Path(__file__).resolve().parents[1]
 SIMPLE = "example_project/test_models.py::test_simple_model"

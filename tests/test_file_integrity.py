@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import pytest
 
-from pytest_modelbudget import baselines
-from pytest_modelbudget.baselines import Entry
+from pytest_modelbudget.budgets import baselines
+from pytest_modelbudget.budgets.baselines import Entry
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and flock are POSIX")
 
@@ -97,8 +97,8 @@ def readline(stream: IO[bytes] | None) -> str:
 UPDATERS = """
 import json, os, signal, sys
 from pathlib import Path
-from pytest_modelbudget import baselines
-from pytest_modelbudget.baselines import Entry
+from pytest_modelbudget.budgets import baselines
+from pytest_modelbudget.budgets.baselines import Entry
 
 path = Path(sys.argv[1])
 sets = [{k: Entry(**v) for k, v in s.items()} for s in json.loads(Path(sys.argv[2]).read_text())]
@@ -238,8 +238,8 @@ def test_sigkill_of_a_real_update_run(project: pytest.Pytester) -> None:
 PAIR_WORKER = """
 import contextlib, os, sys, time
 from pathlib import Path
-from pytest_modelbudget import baselines
-from pytest_modelbudget.baselines import Entry
+from pytest_modelbudget.budgets import baselines
+from pytest_modelbudget.budgets.baselines import Entry
 
 if os.environ.get("NO_LOCK"):
     baselines._locked = lambda directory: contextlib.nullcontext()
@@ -403,8 +403,8 @@ def test_same_data_built_in_any_order_gives_the_same_bytes(tmp_path: Path) -> No
 HASH_SEED_UPDATE = """
 import sys
 from pathlib import Path
-from pytest_modelbudget import baselines
-from pytest_modelbudget.baselines import Entry
+from pytest_modelbudget.budgets import baselines
+from pytest_modelbudget.budgets.baselines import Entry
 
 path = Path(sys.argv[1])
 measured = {f"t.py::test_{c}": Entry(metrics={"macs": ord(c)}, modules={c: {"macs": 1}}) for c in "qwertyuiop"}

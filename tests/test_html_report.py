@@ -12,11 +12,11 @@ from typing import ClassVar
 
 import pytest
 
-from pytest_modelbudget.budgets import Source
-from pytest_modelbudget.checks import Check, Status, call_verdict
-from pytest_modelbudget.html_report import MODULES_SHOWN, render
-from pytest_modelbudget.results import CallResult
-from pytest_modelbudget.timing import TimingStats
+from pytest_modelbudget.budgets.budget import Source
+from pytest_modelbudget.budgets.checks import Check, Status, call_verdict
+from pytest_modelbudget.budgets.results import CallResult
+from pytest_modelbudget.core.timing.timer import TimingStats
+from pytest_modelbudget.report.html import MODULES_SHOWN, render
 
 EVIL = "tests/test_x.py::test_evil[<script>alert(1)</script>]"
 ENVIRONMENT = {"plugin": "0.1.0", "torch": "2.14.1", "python": "3.11.2", "cpu": "Some CPU <fast>"}

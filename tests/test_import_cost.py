@@ -29,8 +29,8 @@ COUNT_WITHOUT_DYNAMO = """
 import sys
 import torch
 from torch import nn
-from pytest_modelbudget.counting import count
-from pytest_modelbudget import dispatch
+from pytest_modelbudget.core.counting.count import count
+from pytest_modelbudget.core.counting import dispatch
 
 layer = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True).eval()
 counts = count(layer, (torch.randn(1, 16, 64),))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import write_test
 
-from pytest_modelbudget.counting import count
+from pytest_modelbudget.core.counting.count import count
 
 
 def mlp() -> torch.nn.Module:

@@ -23,8 +23,8 @@ import torchvision
 from torch import nn
 from torchvision_models import CLASSIFICATION_MODELS, build_on_meta, default_weights, image_batch, materialize
 
-from pytest_modelbudget.counting import count
-from pytest_modelbudget.training import TrainSpec, count_train_step
+from pytest_modelbudget.core.counting.count import count
+from pytest_modelbudget.core.training.step import TrainSpec, count_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 EXECUTIONS = ["auto", "meta", "real"]
@@ -343,7 +343,7 @@ def test_a_training_step_that_raises_leaves_no_trace(execution: str) -> None:
 
 
 def test_timing_a_training_step_leaves_the_model_as_it_was() -> None:
-    from pytest_modelbudget.timing import TimingSettings, time_forward
+    from pytest_modelbudget.core.timing.timer import TimingSettings, time_forward
 
     model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2)).eval()
     x = torch.randn(4, 8)

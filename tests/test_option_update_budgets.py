@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import SIMPLE_MACS, write_test
 
-from pytest_modelbudget import baselines
+from pytest_modelbudget.budgets import baselines
 
 TESTS = """
 @pytest.mark.model_budget

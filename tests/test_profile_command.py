@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modelbudget import __main__ as cli
-from pytest_modelbudget import profile, profile_result
-from pytest_modelbudget.budgets import METRICS_BY_NAME, parse_budget
+from pytest_modelbudget.budgets import profile as profile_result
+from pytest_modelbudget.budgets.budget import METRICS_BY_NAME, parse_budget
+from pytest_modelbudget.cli import main as cli
+from pytest_modelbudget.cli import profile
 
 RESNET50_MACS = 4_089_184_256
 RESNET50_PARAMS = 25_557_032

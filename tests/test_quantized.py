@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pytest_modelbudget.counting import count
-from pytest_modelbudget.held import unpacked
+from pytest_modelbudget.core.counting.count import count
+from pytest_modelbudget.core.counting.held import unpacked
 
 # torch 2.14 deprecates torch.ao quantization and creating quantized tensors; torchvision's
 # quantized models and quantize_dynamic still use both.
@@ -302,7 +302,7 @@ def test_a_quantized_model_records_its_dtypes_and_catches_a_fallback_to_float(
 
 
 def test_a_quantized_conv_add_counts_its_convolution() -> None:
-    from pytest_modelbudget.mac_formulas import mac_formula
+    from pytest_modelbudget.core.counting.formulas import mac_formula
 
     weight = torch.quantize_per_tensor(torch.randn(16, 8, 3, 3), 0.1, 0, torch.qint8)
     packed = torch.ops.quantized.conv2d_prepack(weight, None, [1, 1], [1, 1], [1, 1], 1)
@@ -321,7 +321,8 @@ def test_dynamic_float16_rnn_counts_in_float16() -> None:
 
 
 def test_a_formula_that_fails_is_reported_as_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_modelbudget import dispatch, mac_formulas
+    from pytest_modelbudget.core.counting import dispatch
+    from pytest_modelbudget.core.counting import formulas as mac_formulas
     from pytest_modelbudget.errors import MeasurementError
 
     def broken(*_: object, **__: object) -> int:

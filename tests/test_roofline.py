@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 from conftest import write_test
 
+from pytest_modelbudget.core.counting.roofline import PRESETS, HardwareSpec, estimate, hardware
 from pytest_modelbudget.errors import UnitError
-from pytest_modelbudget.roofline import PRESETS, HardwareSpec, estimate, hardware
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def test_roofline_budget_end_to_end(project: pytest.Pytester) -> None:
     write_test(
         project,
         """
-        from pytest_modelbudget.roofline import PRESETS
+        from pytest_modelbudget.core.counting.roofline import PRESETS
 
         @pytest.mark.model_budget(max_roofline_ms=0.001, hardware="a100")
         def test_over(model_budget):
@@ -94,7 +94,7 @@ def test_roofline_budget_end_to_end(project: pytest.Pytester) -> None:
 
 
 def test_profile_shows_the_roofline_per_module() -> None:
-    from pytest_modelbudget.profile import ProfileError, run
+    from pytest_modelbudget.cli.profile import ProfileError, run
 
     lines = run("torchvision.models:resnet18", ["1x3x224x224"], hardware="h100")
     header = next(line for line in lines if line.startswith("module"))

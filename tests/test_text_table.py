@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 
 import pytest
 
-from pytest_modelbudget.text_table import text_table
+from pytest_modelbudget.report.text_table import text_table
 
 # The end-of-run summary of `pytest --model-budget` (report.summary_lines) before it used
 # text_table, copied from a real run: left-aligned, two spaces apart, no rules, no total.

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-import pytest_modelbudget.probes as probes
-import pytest_modelbudget.timing as timing
+import pytest_modelbudget.core.timing.probes as probes
+import pytest_modelbudget.core.timing.timer as timing
 
 
 @pytest.fixture(autouse=True)

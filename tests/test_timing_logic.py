@@ -9,11 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from pytest_modelbudget.cuda_memory import max_batch, search_max_batch
-from pytest_modelbudget.errors import MeasurementError
-from pytest_modelbudget.probes import machine_slowdown
-from pytest_modelbudget.timing import Block, TimingSettings, TimingStats, run_rounds, summarize
-from pytest_modelbudget.timing_verdicts import (
+from pytest_modelbudget.budgets.timing_verdicts import (
     RECORD_MEASUREMENTS,
     LatencyBaseline,
     decided_early,
@@ -22,6 +18,10 @@ from pytest_modelbudget.timing_verdicts import (
     measure_and_judge,
     recorded,
 )
+from pytest_modelbudget.core.timing.cuda_memory import max_batch, search_max_batch
+from pytest_modelbudget.core.timing.probes import machine_slowdown
+from pytest_modelbudget.core.timing.timer import Block, TimingSettings, TimingStats, run_rounds, summarize
+from pytest_modelbudget.errors import MeasurementError
 
 
 def stats(median: float, spread: float = 0.0) -> TimingStats:
@@ -530,11 +530,11 @@ def test_a_remeasurement_samples_longer_than_a_neighbours_burst(monkeypatch: pyt
     import torch
     from torch import nn
 
-    from pytest_modelbudget import timing
-    from pytest_modelbudget.baselines import Entry
-    from pytest_modelbudget.budgets import Budget, CallSettings
-    from pytest_modelbudget.measure import measure_call
-    from pytest_modelbudget.timing_verdicts import RECHECK_MIN_S
+    from pytest_modelbudget.budgets.baselines import Entry
+    from pytest_modelbudget.budgets.budget import Budget, CallSettings
+    from pytest_modelbudget.budgets.measure import measure_call
+    from pytest_modelbudget.budgets.timing_verdicts import RECHECK_MIN_S
+    from pytest_modelbudget.core.timing import timer as timing
 
     asked: list[float] = []
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from pytest_modelbudget.core.timing.timer import TimingSettings, placement_for, time_forward
 from pytest_modelbudget.errors import MeasurementError
-from pytest_modelbudget.timing import TimingSettings, placement_for, time_forward
 
 QUICK = TimingSettings(time_budget_s=0.2)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -51,7 +51,7 @@ def test_one_thread_cpu_timing_rests_on_the_threads_cpu_time() -> None:
 HEAP_PROBE = """
 import ctypes, sys
 import torch
-from pytest_modelbudget.devices import steady_heap
+from pytest_modelbudget.core.devices import steady_heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

@@ -21,7 +21,7 @@ from torchvision_models import (
     input_size,
 )
 
-from pytest_modelbudget.counting import count
+from pytest_modelbudget.core.counting.count import count
 
 
 def test_the_zoo_is_all_there() -> None:

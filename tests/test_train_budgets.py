@@ -14,7 +14,7 @@ import yaml
 from conftest import write_test
 from test_timing_budgets import FAKE_CLOCK
 
-from pytest_modelbudget.training import TrainSpec, count_train_step
+from pytest_modelbudget.core.training.step import TrainSpec, count_train_step
 
 TRAIN_TEST = """
 from torch import nn

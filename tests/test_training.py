@@ -21,8 +21,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
+from pytest_modelbudget.core.training.step import MEMORY_KINDS, TrainSpec, count_train_step
 from pytest_modelbudget.errors import MeasurementError
-from pytest_modelbudget.training import MEMORY_KINDS, TrainSpec, count_train_step
 
 
 def reference_macs(model: nn.Module, args: tuple[Any, ...], loss: Any = None, target: Any = None) -> int:

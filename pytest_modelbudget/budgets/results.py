@@ -1,0 +1,193 @@
+"""The result of one measured call, as a plain value.
+
+A :class:`CallResult` is what :func:`~.measure.measure_call` produces, what xdist workers
+send to the controller (``to_dict``/``from_dict``, JSON-able), what the report layer
+words and what becomes a baseline entry. It carries typed checks and its verdict; it
+holds no text for users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..core.compiling import CompileStats
+from ..core.timing.timer import TimingStats
+from .baselines import ROOT_MODULE, Entry, entry_key
+from .checks import Check, Status, StrictRule, Verdict, enforced
+from .metrics import baseline_values, beyond_float32
+from .timing_verdicts import LatencyBaseline
+
+if TYPE_CHECKING:
+    from ..core.counting.count import Counts
+    from ..core.training.step import TrainCounts
+
+
+@dataclass(frozen=True)
+class CallResult:
+    nodeid: str
+    name: str | None
+    metrics: Mapping[str, float]  # every metric the measurement has, by name
+    modules: Mapping[str, Mapping[str, int]]  # shallow breakdown kept in the baseline
+    uncounted: Mapping[str, int]
+    convention: str
+    executed_on: str
+    checks: tuple[Check, ...] = ()
+    verdict: Verdict = Verdict.OK
+    strict_failures: tuple[StrictRule, ...] = ()  # what --budget-strict fails this call for
+    baseline_modules: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    has_baseline: bool = False
+    updating: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
+    timing: TimingStats | None = None  # the measurement judged (or recorded), when timed
+    macs_by_dtype: Mapping[str, int] = field(default_factory=dict)  # the dtypes the MACs ran in
+    compiled: CompileStats | None = None  # graph breaks, recompiles, ... of a compiled call
+    # A training step's estimated memory at its peak, by kind (training.MEMORY_KINDS).
+    memory_by_kind: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return entry_key(self.nodeid, self.name)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in enforced(self.checks, updating=self.updating) if c.failed]
+
+    @property
+    def inconclusive_checks(self) -> list[Check]:
+        return [c for c in enforced(self.checks, updating=self.updating) if c.status == Status.INCONCLUSIVE]
+
+    @property
+    def counted_nothing(self) -> bool:
+        """0 MACs while ops with arithmetic ran that the counter has no formula for."""
+        return self.metrics.get("macs") == 0 and bool(self.uncounted)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the test fails: a broken budget, or a --budget-strict rule."""
+        return bool(self.failed_checks or self.strict_failures)
+
+    def baseline_entry(self) -> Entry:
+        """What --update-budgets stores for this call."""
+        timing = {}
+        if self.timing:
+            timing[self.timing.fingerprint] = LatencyBaseline.from_stats(self.timing).to_stored()
+        return Entry(
+            metrics=baseline_values(self.metrics),
+            macs_by_dtype=_stored_dtypes(self.macs_by_dtype),
+            modules=self.modules,
+            convention=self.convention,
+            timing=timing,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "name": self.name,
+            "metrics": dict(self.metrics),
+            "modules": {k: dict(v) for k, v in self.modules.items()},
+            "uncounted": dict(self.uncounted),
+            "convention": self.convention,
+            "executed_on": self.executed_on,
+            "checks": [c.to_dict() for c in self.checks],
+            "verdict": self.verdict.value,
+            "strict_failures": [rule.value for rule in self.strict_failures],
+            "baseline_modules": {k: dict(v) for k, v in self.baseline_modules.items()},
+            "has_baseline": self.has_baseline,
+            "updating": self.updating,
+            "timing": self.timing.to_dict() if self.timing else None,
+            "macs_by_dtype": dict(self.macs_by_dtype),
+            "compiled": self.compiled.to_dict() if self.compiled else None,
+            "memory_by_kind": dict(self.memory_by_kind),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CallResult:
+        return cls(
+            nodeid=data["nodeid"],
+            name=data["name"],
+            metrics=dict(data["metrics"]),
+            modules={k: dict(v) for k, v in data["modules"].items()},
+            uncounted=dict(data["uncounted"]),
+            convention=data["convention"],
+            executed_on=data["executed_on"],
+            checks=tuple(Check.from_dict(c) for c in data["checks"]),
+            verdict=Verdict(data["verdict"]),
+            strict_failures=tuple(StrictRule(rule) for rule in data["strict_failures"]),
+            baseline_modules={k: dict(v) for k, v in data["baseline_modules"].items()},
+            has_baseline=bool(data["has_baseline"]),
+            updating=bool(data["updating"]),
+            timing=TimingStats.from_dict(data["timing"]) if data["timing"] else None,
+            macs_by_dtype=dict(data["macs_by_dtype"]),
+            compiled=CompileStats.from_dict(data["compiled"]) if data.get("compiled") else None,
+            memory_by_kind=dict(data.get("memory_by_kind") or {}),
+        )
+
+
+def _stored_dtypes(macs_by_dtype: Mapping[str, int]) -> dict[str, int]:
+    # Kept in budgets.yaml only where it says more than "all float32", so the entries of
+    # float models stay as they were.
+    return dict(macs_by_dtype) if beyond_float32(macs_by_dtype) else {}
+
+
+def shallow_modules(
+    by_module: Mapping[str, Any], backward: Mapping[str, int] | None = None
+) -> dict[str, dict[str, int]]:
+    """A ``Counts.by_module(depth)`` mapping -> the ``modules:`` block of an entry; a training
+    step adds each module's ``backward_macs`` (``TrainCounts.backward_by_module(depth)``)."""
+    modules: dict[str, dict[str, int]] = {}
+    for path, stats in by_module.items():
+        if stats.macs or stats.params:
+            modules[path or ROOT_MODULE] = {"macs": int(stats.macs), "params": int(stats.params)}
+    for path, macs in (backward or {}).items():
+        if macs:
+            modules.setdefault(path or ROOT_MODULE, {})["backward_macs"] = int(macs)
+    return dict(sorted(modules.items()))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the ``model_budget`` fixture returns: the numbers and how they were judged."""
+
+    key: str
+    counts: Counts
+    checks: tuple[Check, ...]
+    timing: TimingStats | None = None  # only when the budget asked for timing
+    compiled: CompileStats | None = None  # only for a compiled call
+    train: TrainCounts | None = None  # only for a training step (model_budget.train_step)
+
+    @property
+    def train_macs(self) -> int | None:
+        return self.train.macs if self.train else None
+
+    @property
+    def train_memory(self) -> int | None:
+        return self.train.memory if self.train else None
+
+    @property
+    def graph_breaks(self) -> int | None:
+        return len(self.compiled.graph_breaks) if self.compiled else None
+
+    @property
+    def recompiles(self) -> int | None:
+        return len(self.compiled.recompiles) if self.compiled else None
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.timing.median_ms if self.timing else None
+
+    @property
+    def macs(self) -> int:
+        return self.counts.macs
+
+    @property
+    def flops(self) -> int:
+        return self.counts.flops
+
+    @property
+    def params(self) -> int:
+        return self.counts.params
+
+    @property
+    def size(self) -> int:
+        return self.counts.size_bytes

@@ -1,0 +1,403 @@
+"""Latency of a forward pass: warm-up, synchronized timing, statistics.
+
+How one measurement works:
+
+* **Where**: on the device the model is on, or a named one (:mod:`.devices` moves the
+  model there and back, so it is left as it was). On CPU at a fixed thread count
+  (default 1), recorded in the fingerprint.
+* **Warm-up**: the first calls (lazy init, cuDNN autotuning, allocator growth) are run and
+  thrown away.
+* **Blocks**: calls are timed in blocks long enough that the clock's resolution and the
+  per-block overhead vanish; one sample = block time / calls in the block. On CUDA a
+  block is bracketed by CUDA events and synchronized once at its end, never per call. On
+  CPU with one thread a block (and the speed probe before it) is also timed by the
+  thread's CPU time, which leaves out the moments other processes had the core.
+* **CUDA graphs** (optional): the forward is captured once and replays are timed,
+  which removes host launch overhead -- the only stable latency for small GPU batches.
+* **Adaptive**: blocks are run until the caller's verdict is clear (``decided``), or the
+  median is known to ``precision``, or the time budget is spent; the summary keeps
+  median, p90, min, mean, IQR, counts, wall time and the ratios to the probe.
+
+How a measurement is judged is :mod:`.timing_verdicts`' job; peak memory and the largest
+batch that fits are :mod:`.cuda_memory`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ...errors import MeasurementError
+
+if TYPE_CHECKING:
+    from ..devices import Placement
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    device: str | None = None  # None: where the model's parameters are
+    threads: int = 1  # CPU threads while timing
+    time_budget_s: float = 1.5  # wall time for one measurement, warm-up included
+    # Sample at least this long even when the median is already precise: a shared machine's
+    # speed changes over seconds, and a tenth of a second would see one moment of it.
+    min_time_s: float = 1.0
+    # ...unless the caller's verdict is already clear (``run_rounds(decided=...)``): then this
+    # long is enough. A call clearly within its budget pays for no more.
+    min_decide_s: float = 0.15
+    # Warm-up before the first timed block: at least two calls, then up to this long (or 50
+    # calls). Lazy initialisation, kernel selection and the allocator settle in a few calls.
+    warmup_s: float = 0.05
+    precision: float = 0.01  # stop early once the median's relative standard error is below this
+    cuda_graph: bool = False
+    autocast: str | None = None  # time under torch.autocast to this dtype ("bfloat16", "float16")
+    compiled: str | None = None  # the mode of a compiled call's fingerprint; None: eager
+    train: Any = None  # a training.TrainSpec: time one training step instead of a forward
+    min_samples: int = 10
+    max_samples: int = 2000
+    block_s: float = 0.01  # target duration of one timed block
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Summary of the per-call samples of one measurement, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    iqr_ms: float
+    samples: int
+    calls: int
+    wall_s: float
+    fingerprint: str = ""
+    batch_size: int = 1
+    peak_memory: int | None = None  # CUDA allocator peak above the pre-forward level
+    # CPU: the median over blocks of (time per call / time of the speed probe run just before
+    # the block) -- the model's cost in units of the machine's speed at that moment.
+    relative: float | None = None
+    relative_spread: float | None = None  # IQR / median of those ratios: the noise of `relative`
+    # "thread": `relative` was measured in the timing thread's CPU time (CPU, one thread), so
+    # time the scheduler gave to other processes is not in it; "wall": in wall time.
+    own_clock: str = "wall"
+    # The lower quartile of those ratios: the model's cost in the blocks a neighbour disturbed
+    # least (interference only ever slows a block down). What a slowdown is judged by.
+    relative_low: float | None = None
+    probes: Mapping[str, float] = field(default_factory=dict)  # median probe times during the measurement, ms
+
+    @property
+    def spread(self) -> float:
+        """IQR relative to the median: the noise inside this measurement."""
+        return self.iqr_ms / self.median_ms if self.median_ms else 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Items per second at ``batch_size`` items per call."""
+        return self.batch_size * 1e3 / self.median_ms if self.median_ms else math.inf
+
+    def stat(self, name: str) -> float:
+        return self.p90_ms if name == "p90" else self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"probes": dict(self.probes)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TimingStats:
+        return cls(**{**data, "probes": dict(data.get("probes", {}))})
+
+
+def summarize(samples_s: Sequence[float], *, calls: int, wall_s: float) -> TimingStats:
+    """Per-call samples in seconds -> :class:`TimingStats` in milliseconds."""
+    if not samples_s:
+        raise ValueError("no samples")
+    ms = sorted(s * 1e3 for s in samples_s)
+    if len(ms) >= 2:
+        q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+        p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1]
+    else:
+        q1 = q3 = p90 = ms[0]
+    return TimingStats(
+        median_ms=statistics.median(ms),
+        p90_ms=p90,
+        min_ms=ms[0],
+        mean_ms=statistics.fmean(ms),
+        iqr_ms=q3 - q1,
+        samples=len(ms),
+        calls=calls,
+        wall_s=wall_s,
+    )
+
+
+def spread_of(values: Sequence[float]) -> float:
+    """IQR / median (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / median if median else 0.0
+
+
+def _lower_quartile(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=4, method="inclusive")[0]
+
+
+def standard_error(spread: float, samples: int) -> float:
+    # Relative standard error of a median from the IQR: 1.2533 * sigma / sqrt(n), sigma ~= IQR / 1.349.
+    return 0.929 * spread / math.sqrt(samples) if samples > 0 else spread
+
+
+def _relative_error(samples: Sequence[float]) -> float:
+    """The relative standard error of the median of ``samples``."""
+    return standard_error(spread_of(samples), len(samples))
+
+
+# The clock of every measurement; a module attribute so end-to-end tests can replace it
+# together with the block timer (``run_block``) and so fake the passing of time.
+wall_clock: Callable[[], float] = time.perf_counter
+
+
+class Block(NamedTuple):
+    """One timed block of calls, in seconds: its wall time, and the time the timing thread
+    itself was running (its CPU time) -- which leaves out the moments a neighbour had the core."""
+
+    wall_s: float
+    own_s: float
+
+
+def _block(value: float | Block) -> Block:
+    # A block timer may return one number: wall and own time alike (CUDA, fakes).
+    return value if isinstance(value, Block) else Block(value, value)
+
+
+def run_rounds(
+    run_block: Callable[[int], float | Block],
+    settings: TimingSettings,
+    *,
+    clock: Callable[[], float] | None = None,
+    progress: Progress | None = None,
+    speed_probe: Callable[[], float] | None = None,
+    decided: Callable[[TimingStats], bool] | None = None,
+    own_clock: str = "wall",
+) -> TimingStats:
+    """The adaptive loop: calibrate the block size, then time blocks until precise, decided or
+    out of time.
+
+    ``run_block(n)`` runs ``n`` calls and returns their total time in seconds (or a
+    :class:`Block`: wall and own time); ``clock`` measures wall time spent (default
+    :data:`wall_clock`; both are replaceable, so the loop is tested with fakes).
+    ``speed_probe()`` (CPU) runs a small fixed workload before every block and returns its
+    time, on the same clock as the block's own time; the ratio of each block's own time per
+    call to it goes into ``relative`` (``own_clock`` names that clock: "thread" or "wall").
+    ``decided(stats)`` says whether the samples so far already settle the caller's verdict:
+    from ``min_samples`` blocks and ``min_decide_s`` on, a True stops the loop (sequential
+    stopping); otherwise it samples for ``min_time_s`` and until precise, as without it.
+    """
+    clock = clock or wall_clock
+    start = clock()
+    deadline = start + settings.time_budget_s
+    # Warm-up: at least two calls, then up to warmup_s.
+    warm_calls = 0
+    while warm_calls < 2 or (clock() - start < settings.warmup_s and warm_calls < 50):
+        one = _block(run_block(1)).wall_s
+        warm_calls += 1
+    per_call = max(one, 1e-9)
+    number = max(1, min(10_000, math.ceil(settings.block_s / per_call)))
+    if progress:
+        progress(f"warm-up {warm_calls} calls, {per_call * 1e3:.3g} ms per call; blocks of {number}")
+    samples: list[float] = []
+    calls = 0
+    ratios: list[float] = []
+    while True:
+        probe_s = speed_probe() if speed_probe else None
+        block = _block(run_block(number))
+        samples.append(block.wall_s / number)
+        if probe_s:
+            ratios.append(block.own_s / number / probe_s)
+        calls += number
+        elapsed = clock() - start
+        may_decide = len(samples) >= settings.min_samples and elapsed >= settings.min_decide_s
+        if decided is not None and may_decide and decided(_stats(samples, ratios, calls, elapsed, own_clock)):
+            break
+        enough = len(samples) >= settings.min_samples and elapsed >= settings.min_time_s
+        if enough and _relative_error(samples) <= settings.precision:
+            break
+        if len(samples) >= settings.max_samples or (clock() >= deadline and len(samples) >= 3):
+            break
+    stats = _stats(samples, ratios, calls, clock() - start, own_clock)
+    if progress:
+        progress(
+            f"{stats.samples} samples of {number} calls in {stats.wall_s:.2f} s: "
+            f"median {stats.median_ms:.4g} ms, spread {stats.spread:.1%}"
+        )
+    return stats
+
+
+def _stats(
+    samples: Sequence[float], ratios: Sequence[float], calls: int, wall_s: float, own_clock: str
+) -> TimingStats:
+    stats = summarize(samples, calls=calls, wall_s=wall_s)
+    if ratios:
+        stats = replace(
+            stats,
+            relative=statistics.median(ratios),
+            relative_low=_lower_quartile(ratios),
+            relative_spread=spread_of(ratios),
+            own_clock=own_clock,
+        )
+    return stats
+
+
+# -- running on a device ------------------------------------------------------------
+
+
+def _cuda_block_timer(call: Callable[[], object]) -> Callable[[int], float]:
+    import torch
+
+    def run_block(number: int) -> float:
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(number):
+            call()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3
+
+    return run_block
+
+
+def _cpu_block_timer(call: Callable[[], object], *, own_clock: bool) -> Callable[[int], float | Block]:
+    """Blocks timed by the wall clock; with ``own_clock`` also by the thread's CPU time.
+
+    On one thread the forward's work runs on the calling thread, so its CPU time is the
+    model's own cost: the moments the scheduler gave the core to a neighbour are not in it.
+    """
+
+    def run_block(number: int) -> float | Block:
+        start, own_start = time.perf_counter(), time.thread_time()
+        for _ in range(number):
+            call()
+        wall, own = time.perf_counter() - start, time.thread_time() - own_start
+        return Block(wall, own) if own_clock else wall
+
+    return run_block
+
+
+def _capture_cuda_graph(forward: Callable[[], object]) -> Callable[[], object]:
+    import torch
+
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm up on a side stream, as capture requires
+            forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            forward()
+    except Exception as error:
+        raise MeasurementError(
+            f"the forward cannot be captured as a CUDA graph ({type(error).__name__}: {error}); "
+            "time it without cuda_graph, or make the forward capturable "
+            "(static shapes, no host synchronisation, no CPU tensors)"
+        ) from error
+    return graph.replay
+
+
+def placement_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> Placement:
+    """Where ``settings`` time the model, and the fingerprint its timing baseline is kept under."""
+    from ..devices import placement
+
+    return placement(
+        model,
+        args,
+        device=settings.device,
+        threads=settings.threads,
+        cuda_graph=settings.cuda_graph,
+        autocast=settings.autocast,
+        compiled=settings.compiled,
+        train=settings.train is not None,
+    )
+
+
+def time_forward(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any] | None = None,
+    settings: TimingSettings | None = None,
+    *,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    where: Placement | None = None,
+    decided: Callable[[TimingStats], bool] | None = None,
+) -> TimingStats:
+    """Time ``model(*args, **kwargs)`` -- or, with ``settings.train``, one training step of
+    it (:func:`~.training.train_step_on`); the model is left as it was.
+
+    ``where`` is the call's :class:`~.devices.Placement` when the caller has resolved it
+    already (default: from ``settings``); ``decided`` stops sampling once the verdict is
+    clear (see :func:`run_rounds`).
+
+    On the CPU with one thread the model's cost relative to the speed probe is measured in
+    the thread's CPU time (model and probe alike): a neighbour that takes the core away
+    for a while does not change it. The latency reported stays wall time.
+    """
+    import torch
+
+    from ..devices import batch_size_of, exclusive_run
+    from .cuda_memory import forward_peak_memory
+    from .probes import SpeedProbe
+
+    settings = settings or TimingSettings()
+    kwargs = dict(kwargs or {})
+    where = where or placement_for(model, args, settings)
+    device = where.device
+    if settings.cuda_graph and device.type != "cuda":
+        raise MeasurementError(f"cuda_graph timing needs a CUDA device, but the model runs on {device}")
+    batch = batch_size if batch_size is not None else batch_size_of(args, kwargs)
+    if progress:
+        progress(f"timing on {where.fingerprint}")
+    with exclusive_run(
+        model, args, kwargs, device, threads=where.threads, autocast=settings.autocast, train=settings.train
+    ) as forward:
+        try:
+            if settings.compiled:
+                # Whatever is left to compile here (another device, another grad mode) is
+                # compiled now, not timed: run_rounds' warm-up and time budget are for running.
+                for _ in range(2):
+                    forward()
+            if device.type == "cuda":
+                peak = forward_peak_memory(forward, device)
+                call = _capture_cuda_graph(forward) if settings.cuda_graph else forward
+                stats = run_rounds(_cuda_block_timer(call), settings, progress=progress, decided=decided)
+            else:
+                peak = None
+                own_clock = where.threads == 1
+                probe = SpeedProbe(own_clock=own_clock)
+                stats = run_rounds(
+                    _cpu_block_timer(forward, own_clock=own_clock),
+                    settings,
+                    progress=progress,
+                    speed_probe=probe,
+                    decided=decided,
+                    own_clock="thread" if own_clock else "wall",
+                )
+                stats = replace(stats, probes=probe.medians_ms())
+        except torch.OutOfMemoryError as error:
+            raise MeasurementError(
+                f"ran out of memory on {device} while timing ({str(error).splitlines()[0]}); "
+                "use a smaller batch or a larger device"
+            ) from None
+        finally:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.empty_cache()
+    return replace(stats, fingerprint=where.fingerprint, batch_size=batch, peak_memory=peak)
