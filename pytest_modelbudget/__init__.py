@@ -1,8 +1,9 @@
 """pytest-modelbudget: MAC, parameter and size budgets for PyTorch models, enforced by pytest.
 
 Importing this package does not import torch (pytest imports plugins on every run);
-``count`` and ``Counts`` are loaded from :mod:`pytest_modelbudget.counting` on first use,
-``count_train_step``, ``TrainSpec`` and ``TrainCounts`` from :mod:`pytest_modelbudget.training`.
+``count`` and ``Counts`` are loaded from :mod:`.core.counting.count` on first use,
+``count_train_step`` and ``TrainCounts`` from :mod:`.core.training.count`, ``TrainSpec`` from
+:mod:`.core.training.step`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .core.counting.count import Counts, count
-    from .core.training.step import TrainCounts, TrainSpec, count_train_step
+    from .core.training.count import TrainCounts, count_train_step
+    from .core.training.step import TrainSpec
 
 __all__ = ["Counts", "TrainCounts", "TrainSpec", "__version__", "count", "count_train_step"]
 
@@ -23,8 +25,12 @@ def __getattr__(name: str) -> Any:
         from .core.counting import count as counting
 
         return getattr(counting, name)
-    if name in ("count_train_step", "TrainSpec", "TrainCounts"):
-        from .core.training import step as training
+    if name in ("count_train_step", "TrainCounts"):
+        from .core.training import count as training
 
         return getattr(training, name)
+    if name == "TrainSpec":
+        from .core.training.step import TrainSpec
+
+        return TrainSpec
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

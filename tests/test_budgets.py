@@ -135,7 +135,8 @@ def test_a_budget_of_zero_is_unused_until_exceeded() -> None:
 
 
 def test_latency_and_throughput_read_the_judged_statistic() -> None:
-    from pytest_modelbudget.budgets.metrics import METRICS_BY_NAME, Readings
+    from pytest_modelbudget.budgets.metrics import METRICS_BY_NAME
+    from pytest_modelbudget.calls.metric import Readings
     from pytest_modelbudget.core.timing.timer import TimingStats
 
     timing = TimingStats(6.0, 20.0, 5.0, 8.0, 2.0, samples=20, calls=200, wall_s=1.0, batch_size=4)

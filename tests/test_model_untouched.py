@@ -24,7 +24,8 @@ from torch import nn
 from torchvision_models import CLASSIFICATION_MODELS, build_on_meta, default_weights, image_batch, materialize
 
 from pytest_modelbudget.core.counting.count import count
-from pytest_modelbudget.core.training.step import TrainSpec, count_train_step
+from pytest_modelbudget.core.training.count import count_train_step
+from pytest_modelbudget.core.training.step import TrainSpec
 
 REPO = Path(__file__).resolve().parents[1]
 EXECUTIONS = ["auto", "meta", "real"]
@@ -343,15 +344,18 @@ def test_a_training_step_that_raises_leaves_no_trace(execution: str) -> None:
 
 
 def test_timing_a_training_step_leaves_the_model_as_it_was() -> None:
+    from functools import partial
+
     from pytest_modelbudget.core.timing.timer import TimingSettings, time_forward
+    from pytest_modelbudget.core.training.step import train_step_on
 
     model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2)).eval()
     x = torch.randn(4, 8)
     snapshot = Snapshot(model)
-    settings = TimingSettings(
-        train=TrainSpec(optimizer="adamw"), min_time_s=0.05, time_budget_s=0.1, min_samples=3
-    )
-    stats = time_forward(model, (x,), None, settings)
+    # The timing core repeats what it is given: here a training step (calls/train_step.py's).
+    step = partial(train_step_on, model, (x,), {}, spec=TrainSpec(optimizer="adamw"))
+    settings = TimingSettings(mode="train step", min_time_s=0.05, time_budget_s=0.1, min_samples=3)
+    stats = time_forward(model, (x,), None, settings, repeat=step)
     assert stats.fingerprint.endswith("| train step")
     snapshot.assert_unchanged()
     assert all(p.grad is None for p in model.parameters())

@@ -14,7 +14,8 @@ import yaml
 from conftest import write_test
 from test_timing_budgets import FAKE_CLOCK
 
-from pytest_modelbudget.core.training.step import TrainSpec, count_train_step
+from pytest_modelbudget.core.training.count import count_train_step
+from pytest_modelbudget.core.training.step import TrainSpec
 
 TRAIN_TEST = """
 from torch import nn

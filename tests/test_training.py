@@ -21,7 +21,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
-from pytest_modelbudget.core.training.step import MEMORY_KINDS, TrainSpec, count_train_step
+from pytest_modelbudget.core.training.count import MEMORY_KINDS, count_train_step
+from pytest_modelbudget.core.training.step import TrainSpec
 from pytest_modelbudget.errors import MeasurementError
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from ..calls.metric import Metric
 from ..errors import BudgetSpecError, UnitError, shown
 from ..units import parse_device, parse_fraction, parse_positive_int, parse_stat
-from .metrics import METRICS, METRICS_BY_KEYWORD, METRICS_BY_NAME, Metric
+from .metrics import METRICS, METRICS_BY_KEYWORD, METRICS_BY_NAME
 
 if TYPE_CHECKING:
     from ..core.timing.timer import TimingSettings
@@ -232,6 +233,9 @@ class CallBudget:
     # an already compiled model is measured as given unless compile=False says eager.
     compile: Mapping[str, Any] | None = None
     eager: bool = False  # compile=False: an already compiled model is measured as its eager module
+    # The call options the marker and the file's limits set (CALL_OPTIONS keywords), as
+    # parsed: what a kind of call refuses is judged by these, not by run-wide settings.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def limits_of(self, metric: str) -> tuple[Limit, ...]:
         return tuple(limit for limit in self.limits if limit.metric == metric)
@@ -273,6 +277,7 @@ def resolve(marker: Budget, file_limits: Budget | None, settings: CallSettings) 
         strict=settings.strict and not settings.update,
         compile=_compile_options(options.get("compile", settings.compile)),
         eager=options.get("compile") is False,
+        options=options,
     )
 
 

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING
 
+from ..calls.common import FLOAT_DTYPES, float_macs
 from .budget import METRICS_BY_NAME, parse_budget
-from .metrics import FLOAT_DTYPES, float_macs
 
 if TYPE_CHECKING:
     from ..core.compiling import CompileStats
     from ..core.counting.count import Counts
     from ..core.counting.roofline import RooflineEstimate
-    from ..core.training.step import TrainCounts
+    from ..core.training.count import TrainCounts
 
 # The metrics a suggested marker limits: the deterministic ones that budgets.yaml also
 # ratchets. Memory traffic depends on how PyTorch decomposes ops, so it is left out.

@@ -12,16 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..calls.common import beyond_float32
 from ..core.compiling import CompileStats
 from ..core.timing.timer import TimingStats
 from .baselines import ROOT_MODULE, Entry, entry_key
 from .checks import Check, Status, StrictRule, Verdict, enforced
-from .metrics import baseline_values, beyond_float32
+from .metrics import baseline_values
 from .timing_verdicts import LatencyBaseline
 
 if TYPE_CHECKING:
     from ..core.counting.count import Counts
-    from ..core.training.step import TrainCounts
+    from ..core.training.count import TrainCounts
 
 
 @dataclass(frozen=True)
@@ -130,18 +131,29 @@ def _stored_dtypes(macs_by_dtype: Mapping[str, int]) -> dict[str, int]:
     return dict(macs_by_dtype) if beyond_float32(macs_by_dtype) else {}
 
 
+MODULE_DEPTH = 2  # levels of the module tree kept in budgets.yaml for failure messages
+
+
 def shallow_modules(
-    by_module: Mapping[str, Any], backward: Mapping[str, int] | None = None
+    by_module: Mapping[str, Any],
+    figures: Mapping[str, Mapping[str, int]] | None = None,
+    depth: int = MODULE_DEPTH,
 ) -> dict[str, dict[str, int]]:
-    """A ``Counts.by_module(depth)`` mapping -> the ``modules:`` block of an entry; a training
-    step adds each module's ``backward_macs`` (``TrainCounts.backward_by_module(depth)``)."""
+    """A ``Counts.by_module(depth)`` mapping -> the ``modules:`` block of an entry, with a
+    kind of call's own per-module figures (full module paths; a training step's
+    ``backward_macs``) added up at the same ``depth``."""
     modules: dict[str, dict[str, int]] = {}
     for path, stats in by_module.items():
         if stats.macs or stats.params:
             modules[path or ROOT_MODULE] = {"macs": int(stats.macs), "params": int(stats.params)}
-    for path, macs in (backward or {}).items():
-        if macs:
-            modules.setdefault(path or ROOT_MODULE, {})["backward_macs"] = int(macs)
+    for figure, values in (figures or {}).items():
+        grouped: dict[str, int] = {}
+        for path, value in values.items():
+            key = ".".join(path.split(".")[: max(depth, 0)])
+            grouped[key] = grouped.get(key, 0) + value
+        for path, value in grouped.items():
+            if value:
+                modules.setdefault(path or ROOT_MODULE, {})[figure] = int(value)
     return dict(sorted(modules.items()))
 
 
@@ -153,8 +165,18 @@ class Measurement:
     counts: Counts
     checks: tuple[Check, ...]
     timing: TimingStats | None = None  # only when the budget asked for timing
-    compiled: CompileStats | None = None  # only for a compiled call
-    train: TrainCounts | None = None  # only for a training step (model_budget.train_step)
+    call: str = "forward"  # the kind of call: "forward", "train", "compiled"
+    figures: Any = None  # the kind's own figures: TrainCounts, CompileStats
+
+    @property
+    def train(self) -> TrainCounts | None:
+        """A training step's counts (model_budget.train_step), else None."""
+        return self.figures if self.call == "train" else None
+
+    @property
+    def compiled(self) -> CompileStats | None:
+        """A compiled call's graph breaks, recompiles, ..., else None."""
+        return self.figures if self.call == "compiled" else None
 
     @property
     def train_macs(self) -> int | None:

@@ -289,7 +289,8 @@ def profile_model(
 
     from ..core.counting.count import count
     from ..core.devices import model_device
-    from ..core.training.step import NothingToReduce, TrainSpec, count_train_step
+    from ..core.training.count import count_train_step
+    from ..core.training.step import NothingToReduce, TrainSpec
 
     model, notes = build_model(factory, target, device)
     on = str(model_device(model, ()))

@@ -7,8 +7,8 @@
 * :func:`exclusive_use` is the one context every timed or memory-measuring run goes
   through: a cross-process lock per device on this host (so pytest-xdist workers never
   time on the same device at once; counting stays parallel), the model moved to the
-  device and back, a fixed CPU thread count, inference mode, and the model left exactly
-  as it was afterwards.
+  device and back, a fixed CPU thread count, and the model left exactly as it was
+  afterwards. What runs inside it is a :data:`Repeat`, which each kind of call supplies.
 """
 
 from __future__ import annotations
@@ -113,14 +113,14 @@ def placement(
     threads: int,
     cuda_graph: bool,
     autocast: str | None = None,
-    compiled: str | None = None,
-    train: bool = False,
+    mode: str = "eager",
 ) -> Placement:
     """The device (``device``, else the model's), thread count and fingerprint of a timed call.
 
-    ``compiled``: the mode of a compiled call (``compiled``, ``compiled:max-autotune``), so its
-    latency is never compared with the eager baseline of the same model; ``train``: a
-    training step's fingerprint (mode ``train step``).
+    ``mode`` names the kind of call in the fingerprint (``eager``; ``train step``; a compiled
+    call's ``compiled``, ``compiled:max-autotune``), so that a latency is only ever compared
+    with a baseline of the same kind of call; an eager forward replayed as a CUDA graph is
+    ``cuda-graph``.
     """
     import torch
 
@@ -130,18 +130,8 @@ def placement(
     if where.type == "cuda" and not torch.cuda.is_available():
         raise MeasurementError(f"cannot time on {where}: CUDA is not available on this machine")
     cpu_threads = threads if where.type == "cpu" else None
-    if compiled and cuda_graph:
-        raise MeasurementError(
-            "cuda_graph and compile cannot be combined; use compile={'mode': 'reduce-overhead'}, "
-            "torch.compile's own CUDA graphs"
-        )
-    if train and (compiled or cuda_graph or autocast):
-        raise MeasurementError(
-            "a training step is timed eagerly, in the model's dtype: drop compile, cuda_graph and "
-            "autocast from a train_step budget"
-        )
-    # A training step's time is never compared with a forward's baseline of the same model.
-    mode = "train step" if train else compiled or ("cuda-graph" if cuda_graph else "eager")
+    if cuda_graph and mode == "eager":
+        mode = "cuda-graph"
     dtype = f"{autocast} autocast" if autocast else dtype_name(_dtype_of(model, args))
     key = fingerprint(where, threads=cpu_threads or torch.get_num_threads(), dtype=dtype, mode=mode)
     return Placement(where, cpu_threads, key)
@@ -175,28 +165,21 @@ def _on_device(model: Any, device: torch.device) -> Iterator[None]:
         model.to(original)
 
 
-@contextmanager
-def exclusive_run(
-    model: Any,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    device: torch.device,
-    *,
-    threads: int | None = None,
-    autocast: str | None = None,
-    train: Any = None,
-) -> Iterator[Callable[[], object]]:
-    """What timing and the CUDA peak repeat, with the model alone on ``device``
-    (:func:`exclusive_use`): its forward (:func:`forward_on`), or with ``train`` (a
-    ``training.TrainSpec``) one training step on copies of its parameters."""
-    with exclusive_use(model, device, threads, inference=train is None):
-        if train is None:
-            yield forward_on(model, args, kwargs, device, autocast)
-            return
-        from .training.step import train_step_on
+Repeat = Callable[["torch.device"], AbstractContextManager[Callable[[], object]]]
+"""What a run on a device repeats, opened once the model is there (:func:`exclusive_use`):
+``repeat(device)`` yields the call -- a forward (:func:`repeated_forward`), a training step,
+a compiled forward. Timing and the CUDA peak take one; each kind of call says which."""
 
-        with train_step_on(model, args, kwargs, device, train) as step:
-            yield step
+
+@contextmanager
+def repeated_forward(
+    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], device: torch.device, autocast: str | None
+) -> Iterator[Callable[[], object]]:
+    """The forward a run on ``device`` repeats (:func:`forward_on`), in inference mode."""
+    import torch
+
+    with torch.inference_mode():
+        yield forward_on(model, args, kwargs, device, autocast)
 
 
 # glibc's mallopt parameters, and the values steady_heap() fixes them at: the largest
@@ -275,13 +258,12 @@ def forward_on(
 
 
 @contextmanager
-def exclusive_use(
-    model: Any, device: torch.device, threads: int | None = None, *, inference: bool = True
-) -> Iterator[None]:
-    """Run the model alone on ``device``, in inference mode (unless ``inference`` is False:
-    a training step); leave it as it was after."""
-    import torch
+def exclusive_use(model: Any, device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """Run the model alone on ``device`` (at ``threads`` CPU threads); leave it as it was after.
 
+    Grad mode is the caller's: a forward repeats itself in inference mode
+    (:func:`repeated_forward`), a training step needs autograd.
+    """
     from .model_state import Inventory, model_left_as_it_was
 
     if device.type == "cpu":
@@ -291,6 +273,5 @@ def exclusive_use(
         model_left_as_it_was(Inventory.of(model), restore_values=True),
         _on_device(model, device),
         _threads(threads),
-        torch.inference_mode() if inference else nullcontext(),
     ):
         yield

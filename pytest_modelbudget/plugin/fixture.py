@@ -29,7 +29,7 @@ from .options import BUDGET_KEY, CALLS_KEY, ModelBudgetWarning
 from .session import SESSION_KEY
 
 if TYPE_CHECKING:
-    from ..core.training.step import TrainSpec
+    from ..calls.kind import CallKind
 
 
 class ModelBudget:
@@ -92,6 +92,7 @@ class ModelBudget:
         step on copies of the parameters.
         """
         __tracebackhide__ = True
+        from ..calls.train_step import TrainStep
         from ..core.training.step import TrainSpec
 
         key = self._register_call(name)
@@ -103,7 +104,7 @@ class ModelBudget:
             with self._errors_as_failures(key, "training step"):
                 run_train_step(model, inputs, forward_kwargs, spec)
             return None
-        return self._measure(model, inputs, forward_kwargs, name, key, train=spec)
+        return self._measure(model, inputs, forward_kwargs, name, key, kind=TrainStep(spec))
 
     def _require_inputs(
         self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str
@@ -145,12 +146,12 @@ class ModelBudget:
         kwargs: dict[str, Any],
         name: str | None,
         key: str,
-        train: TrainSpec | None = None,
+        kind: CallKind | None = None,
     ) -> Measurement:
         __tracebackhide__ = True
         session = self._session
         assert session is not None
-        with self._errors_as_failures(key, "forward" if train is None else "training step"):
+        with self._errors_as_failures(key, "forward" if kind is None else kind.noun):
             result, measurement = measure_call(
                 model,
                 args,
@@ -162,7 +163,7 @@ class ModelBudget:
                 settings=session.call_settings,
                 progress=self._progress(),
                 earlier_inputs=[(a, k) for m, a, k in self._calls if m is model],
-                train=train,
+                kind=kind,
             )
         self._calls.append((model, args, kwargs))
         session.results.append(result)

@@ -23,8 +23,9 @@ from typing import Any
 
 from ..budgets.baselines import ROOT_MODULE
 from ..budgets.checks import Check, Status
-from ..budgets.metrics import METRICS, METRICS_BY_NAME, beyond_float32
+from ..budgets.metrics import METRICS, METRICS_BY_NAME
 from ..budgets.results import CallResult
+from ..calls.common import beyond_float32
 from ..units import format_bytes, format_count, format_duration
 from .html_assets import CSS, SCRIPT
 from .words import dtype_breakdown, memory_breakdown

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..budgets.baselines import ROOT_MODULE
-from ..budgets.metrics import beyond_float32
+from ..calls.common import beyond_float32
 from ..units import format_bytes, format_count, format_duration, format_seconds
 from .text_table import text_table
 from .words import dtype_breakdown, graph_break_lines
@@ -17,7 +17,7 @@ from .words import dtype_breakdown, graph_break_lines
 if TYPE_CHECKING:
     from ..budgets.profile import Profile
     from ..core.compiling import CompileStats
-    from ..core.training.step import TrainCounts
+    from ..core.training.count import TrainCounts
 
 
 def marker_line(limits: Mapping[str, str]) -> str:

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..budgets.checks import Check, Status, StrictRule, Verdict
-from ..budgets.metrics import METRICS_BY_NAME, beyond_float32
+from ..budgets.metrics import METRICS_BY_NAME
 from ..budgets.results import CallResult
+from ..calls.common import beyond_float32
 from ..core.compiling import GraphBreak
 from ..units import format_bytes, format_change, format_count, format_duration
 from .text_table import text_table

@@ -1,6 +1,6 @@
 """GPU memory of a forward pass: the allocator's peak, and the largest batch that fits.
 
-Both run the model for real on a CUDA device, through :func:`~.devices.exclusive_use`
+Both run the model for real on a CUDA device, through :func:`~..devices.exclusive_use`
 (the device to themselves, the model left as it was). On CPU the peak is the counter's
 estimate from the dispatch trace instead (:attr:`~.counting.Counts.peak_memory`).
 """
@@ -8,12 +8,15 @@ estimate from the dispatch trace instead (:attr:`~.counting.Counts.peak_memory`)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...errors import MeasurementError
 
 if TYPE_CHECKING:
     import torch
+
+    from ..devices import Repeat
 
 
 def forward_peak_memory(forward: Callable[[], object], device: torch.device) -> int:
@@ -40,22 +43,24 @@ def cuda_peak_memory(
     *,
     device: str | None = None,
     autocast: str | None = None,
-    train: Any = None,
+    repeat: Repeat | None = None,
 ) -> int:
-    """CUDA allocator peak of one forward on ``device`` (default: the model's), or of one
-    steady-state training step with ``train`` (a :class:`~.training.TrainSpec`).
+    """CUDA allocator peak of one forward on ``device`` (default: the model's), or of what
+    ``repeat`` opens there (a steady-state training step, say: :data:`~..devices.Repeat`).
 
     The model and its inputs are moved there for the measurement and the model back after;
     ``autocast`` runs the forward under ``torch.autocast`` to that dtype, as timing does.
     """
     import torch
 
-    from ..devices import exclusive_run, target_device
+    from ..devices import exclusive_use, repeated_forward, target_device
 
     where = target_device(model, args, device)
     if where.type != "cuda" or not torch.cuda.is_available():
         raise MeasurementError(f"the CUDA memory peak needs a CUDA device, but the model runs on {where}")
-    with exclusive_run(model, args, kwargs, where, autocast=autocast, train=train) as run:
+    if repeat is None:
+        repeat = partial(repeated_forward, model, args, kwargs, autocast=autocast)
+    with exclusive_use(model, where), repeat(where) as run:
         try:
             return forward_peak_memory(run, where)
         except torch.OutOfMemoryError as error:
@@ -127,5 +132,5 @@ def max_batch(
         finally:
             torch.cuda.empty_cache()
 
-    with exclusive_use(model, where):
+    with exclusive_use(model, where), torch.inference_mode():
         return search_max_batch(fits, limit=limit)

@@ -29,12 +29,13 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...errors import MeasurementError
 
 if TYPE_CHECKING:
-    from ..devices import Placement
+    from ..devices import Placement, Repeat
 
 Progress = Callable[[str], None]
 
@@ -56,8 +57,8 @@ class TimingSettings:
     precision: float = 0.01  # stop early once the median's relative standard error is below this
     cuda_graph: bool = False
     autocast: str | None = None  # time under torch.autocast to this dtype ("bfloat16", "float16")
-    compiled: str | None = None  # the mode of a compiled call's fingerprint; None: eager
-    train: Any = None  # a training.TrainSpec: time one training step instead of a forward
+    # The kind of call in the fingerprint: "eager" (a forward), "train step", "compiled", ...
+    mode: str = "eager"
     min_samples: int = 10
     max_samples: int = 2000
     block_s: float = 0.01  # target duration of one timed block
@@ -323,8 +324,7 @@ def placement_for(model: Any, args: Sequence[Any], settings: TimingSettings) -> 
         threads=settings.threads,
         cuda_graph=settings.cuda_graph,
         autocast=settings.autocast,
-        compiled=settings.compiled,
-        train=settings.train is not None,
+        mode=settings.mode,
     )
 
 
@@ -338,11 +338,12 @@ def time_forward(
     progress: Progress | None = None,
     where: Placement | None = None,
     decided: Callable[[TimingStats], bool] | None = None,
+    repeat: Repeat | None = None,
 ) -> TimingStats:
-    """Time ``model(*args, **kwargs)`` -- or, with ``settings.train``, one training step of
-    it (:func:`~.training.train_step_on`); the model is left as it was.
+    """Time ``model(*args, **kwargs)`` -- or what ``repeat`` opens on the device (a training
+    step, a compiled forward: see :data:`~..devices.Repeat`); the model is left as it was.
 
-    ``where`` is the call's :class:`~.devices.Placement` when the caller has resolved it
+    ``where`` is the call's :class:`~..devices.Placement` when the caller has resolved it
     already (default: from ``settings``); ``decided`` stops sampling once the verdict is
     clear (see :func:`run_rounds`).
 
@@ -352,7 +353,7 @@ def time_forward(
     """
     import torch
 
-    from ..devices import batch_size_of, exclusive_run
+    from ..devices import batch_size_of, exclusive_use, repeated_forward
     from .cuda_memory import forward_peak_memory
     from .probes import SpeedProbe
 
@@ -363,17 +364,12 @@ def time_forward(
     if settings.cuda_graph and device.type != "cuda":
         raise MeasurementError(f"cuda_graph timing needs a CUDA device, but the model runs on {device}")
     batch = batch_size if batch_size is not None else batch_size_of(args, kwargs)
+    if repeat is None:
+        repeat = partial(repeated_forward, model, args, kwargs, autocast=settings.autocast)
     if progress:
         progress(f"timing on {where.fingerprint}")
-    with exclusive_run(
-        model, args, kwargs, device, threads=where.threads, autocast=settings.autocast, train=settings.train
-    ) as forward:
+    with exclusive_use(model, device, where.threads), repeat(device) as forward:
         try:
-            if settings.compiled:
-                # Whatever is left to compile here (another device, another grad mode) is
-                # compiled now, not timed: run_rounds' warm-up and time budget are for running.
-                for _ in range(2):
-                    forward()
             if device.type == "cuda":
                 peak = forward_peak_memory(forward, device)
                 call = _capture_cuda_graph(forward) if settings.cuda_graph else forward

@@ -1,0 +1,146 @@
+"""The run on a device that a kind of call is offered: timed and judged, and its CUDA peak.
+
+:class:`DeviceRun` is the :class:`~..calls.kind.Run` that :func:`~.measure.measure_call`
+hands a kind of call. The kind says what to repeat (a forward, a training step, a compiled
+forward); this module decides, from the call's budget, whether to time it, how often to
+measure it again (:func:`~.timing_verdicts.measure_and_judge`), when sampling may stop, and
+whether to take the CUDA allocator peak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .baselines import Entry
+from .budget import CallBudget, Limit
+
+if TYPE_CHECKING:
+    from ..calls.kind import CallKind
+    from ..core.devices import Repeat
+    from ..core.timing.timer import Progress, TimingStats
+    from .timing_verdicts import TimingJudgement
+
+
+class DeviceRun:
+    """Times what a kind of call repeats (when its budget is timed) and takes its CUDA peak
+    (on CUDA, when a limit needs it or the kind always reports it); remembers both."""
+
+    def __init__(
+        self,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        budget: CallBudget,
+        kind: CallKind,
+        entry: Entry | None,
+        *,
+        on_cuda: bool,
+        progress: Progress | None,
+    ) -> None:
+        self.args, self.kwargs, self.budget, self.kind, self.entry = args, kwargs, budget, kind, entry
+        self.on_cuda, self.progress = on_cuda, progress
+        # The limits judged while timing (the rest are compared with a value after measuring):
+        # the kind's own timed statistic, and throughput, which is judged as that time.
+        timed = (kind.timed_metric, "throughput")
+        self.timed_limits: tuple[Limit, ...] = (
+            tuple(limit for limit in budget.limits if limit.metric in timed) if budget.timed else ()
+        )
+        self.judgement: TimingJudgement | None = None
+        self.timing: TimingStats | None = None
+        self.cuda_memory: int | None = None
+
+    def __call__(self, model: Any, repeat: Repeat) -> None:
+        if self.budget.timed:
+            self.judgement, self.timing = self._time(model, repeat)
+        if self.on_cuda:
+            self.cuda_memory = self._cuda_peak(model, repeat)
+
+    def _cuda_peak(self, model: Any, repeat: Repeat) -> int | None:
+        """The allocator peak on CUDA: from the timed run, else one run when it is needed."""
+        if self.timing is not None and self.timing.peak_memory is not None:
+            return self.timing.peak_memory
+        budget = self.budget
+        if not (budget.limited("memory") or self.kind.always_cuda_peak) or not budget.timing_enabled:
+            return None  # --budget-no-timing: nothing runs on the device
+        from ..core.timing.cuda_memory import cuda_peak_memory
+
+        return cuda_peak_memory(model, self.args, self.kwargs, device=budget.timing.device, repeat=repeat)
+
+    def _time(self, model: Any, repeat: Repeat) -> tuple[TimingJudgement, TimingStats]:
+        """Time the call (again while it looks slow) and judge its timed limits and baseline.
+
+        Returns the judgement and the measurement the call reports: when recording a
+        baseline, the typical one with the machine's speed probes; otherwise the least
+        disturbed one.
+        """
+        from ..core.devices import batch_size_of
+        from ..core.timing import timer
+        from ..core.timing.probes import measure_probes
+        from .timing_verdicts import (
+            RECHECK_MIN_S,
+            RECORD_MEASUREMENTS,
+            LatencyBaseline,
+            decided_early,
+            measure_and_judge,
+            recorded,
+        )
+
+        budget, args, kwargs = self.budget, self.args, self.kwargs
+        where = timer.placement_for(model, args, budget.timing)  # the fingerprint, once per call
+        batch = budget.batch_size or batch_size_of(args, kwargs)
+        stored = self.entry.timing.get(where.fingerprint) if self.entry else None
+        baseline = LatencyBaseline.from_stored(stored) if stored else None
+
+        def limit_ms(limit: Limit) -> float:
+            # A throughput limit is judged as the time per call it allows at this batch size.
+            return limit.value if limit.metric == self.kind.timed_metric else batch * 1e3 / limit.value
+
+        limits_ms = [limit_ms(limit) for limit in self.timed_limits]
+
+        def decided(stats: TimingStats) -> bool:
+            return decided_early(
+                stats,
+                limits_ms=limits_ms,
+                baseline=baseline,
+                tolerance=budget.latency_tolerance,
+                stat=budget.latency_stat,
+            )
+
+        taken: list[TimingStats] = []
+
+        def measure() -> TimingStats:
+            # A baseline being recorded gets full measurements; a check stops once clear, a
+            # re-measurement (a call that looked slow) not before RECHECK_MIN_S.
+            settings = budget.timing
+            if taken and not budget.update:
+                settings = replace(settings, min_decide_s=max(settings.min_decide_s, RECHECK_MIN_S))
+            stats = timer.time_forward(
+                model,
+                args,
+                kwargs,
+                settings,
+                batch_size=batch,
+                progress=self.progress,
+                where=where,
+                decided=None if budget.update else decided,
+                repeat=repeat,
+            )
+            taken.append(stats)
+            return stats
+
+        judgement = measure_and_judge(
+            measure,
+            limits_ms=limits_ms,
+            baseline=baseline,
+            tolerance=budget.latency_tolerance,
+            stat=budget.latency_stat,
+            probe=measure_probes,
+            at_least=RECORD_MEASUREMENTS if budget.update else 1,
+        )
+        if not budget.update:
+            return judgement, judgement.best(budget.latency_stat)
+        # A baseline keeps the machine's speed beside its timing: on CPU the probes taken
+        # during the measurement, elsewhere a set taken now.
+        kept = recorded(judgement.measurements, budget.latency_stat)
+        return judgement, replace(kept, probes=kept.probes or measure_probes())

@@ -1,0 +1,87 @@
+"""What a kind of call is: the one place where a forward, a training step and a compiled call differ.
+
+A :class:`CallKind` says, for calls of its kind,
+
+* how it is counted and what is repeated when it is timed (:meth:`CallKind.measure`),
+* which metrics it measures (its ``rows`` and the rows of every kind, ``call="any"``) and so
+  which marker keywords it accepts, and the budget options it refuses,
+* how it is named in messages (``noun``, ``described``, ``remedy``),
+* under which fingerprint mode its timing is kept, and which metric that timing is.
+
+:func:`~..budgets.measure.measure_call` resolves the budget, hands the kind a :data:`Run` and
+judges what comes back; it does not branch on the kind. Adding a kind of call is one module
+here with its rows, and its entry in the metric table (:data:`~..budgets.metrics.KINDS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from ..core.compiling import CompileStats
+    from ..core.counting.count import Counts
+    from ..core.devices import Repeat
+    from .metric import Metric
+
+
+class Run(Protocol):
+    """The measuring layer's offer to run a call on its device: ``run(model, repeat)`` times
+    what ``repeat`` opens and takes its CUDA peak, as far as the budget asks (nothing when it
+    asks for neither). ``model`` is what is moved to the device and fingerprinted."""
+
+    def __call__(self, model: Any, repeat: Repeat) -> None: ...
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a kind of call measured, before it is timed and judged."""
+
+    counts: Counts  # the forward's (a training step's: its forward in train mode)
+    # The kind's own figures (a training step's TrainCounts, a compiled call's CompileStats):
+    # what its rows read, and what the fixture's Measurement hands back.
+    figures: Any = None
+    # Per-module figures besides the forward's MACs and params, for the `modules:` block of
+    # budgets.yaml: figure name -> module path -> value (a training step's backward_macs).
+    module_figures: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    compiled: CompileStats | None = None  # graph breaks and recompiles, for failure messages
+    memory_by_kind: Mapping[str, int] = field(default_factory=dict)  # a training step's peak, by kind
+
+
+class CallKind:
+    """A kind of call: a forward (:mod:`.forward`), a training step (:mod:`.train_step`), a
+    compiled forward (:mod:`.compiled`). Class attributes describe the kind; an instance
+    carries what the test passed for one call (a training step's loss and optimizer)."""
+
+    name: ClassVar[str]  # what its rows' `call` says: "forward", "train", "compiled"
+    noun: ClassVar[str]  # "the model's {noun} raised ...": "forward", "training step"
+    described: ClassVar[str]  # "{keyword} limit(s) {described}": "a forward pass"
+    remedy: ClassVar[str]  # how to measure a call of this kind, for a limit put on another kind
+    # What a call of this kind limits instead, when a limit of another kind is put on it.
+    alternatives: ClassVar[str] = ""
+    rows: ClassVar[tuple[Metric, ...]]  # the metrics only this kind measures
+    measures: ClassVar[frozenset[str]]  # the rows' `call` values it measures ("any" included)
+    # Budget options (marker or budgets.yaml keywords) it cannot take -> what to do instead.
+    # The run-wide twin of such an option (--budget-compile, --budget-cuda-graphs) leaves
+    # calls of this kind alone.
+    refused: ClassVar[Mapping[str, str]] = {}
+    timed_metric: ClassVar[str]  # the metric its timing is judged as: "latency_ms"
+    # Take the CUDA allocator peak on a CUDA device even when no limit asks for it (a
+    # training step reports it beside its estimate); otherwise only for a limit.
+    always_cuda_peak: ClassVar[bool] = False
+    mode: str = "eager"  # its timing fingerprint's mode
+
+    def measure(
+        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, autocast: str | None, run: Run
+    ) -> Measured:
+        """Count the call, and offer ``run`` what timing repeats (see :class:`Run`)."""
+        raise NotImplementedError
+
+    def measures_metric(self, metric: Metric) -> bool:
+        return metric.call in self.measures
+
+    def wrong_limits(self, owner: type[CallKind], keywords: Sequence[str]) -> str:
+        """The error for limits of ``owner``'s kind put on a call of this kind."""
+        instead = f", not {self.described}: {self.alternatives}, or " if self.alternatives else ": "
+        return f"{', '.join(keywords)} limit(s) {owner.described}{instead}{owner.remedy}"

@@ -1,0 +1,111 @@
+"""A metric row: one quantity a budget can limit, and how to parse, read, compare and name it.
+
+Each kind of call declares the rows it measures (:mod:`.forward`, :mod:`.train_step`,
+:mod:`.compiled`; :mod:`.common` for what every kind has); the metric table
+(:mod:`~..budgets.metrics`) is their sum. A row says
+
+* how users write its limit (``keyword`` and ``unit``: the parser and the formatter),
+* where its value comes from in a measured call (``read`` from :class:`Readings`),
+* how a limit is compared (``higher_is_better`` for minimums such as throughput),
+* whether ``budgets.yaml`` keeps it as a ratcheted baseline, and whether it needs timing,
+* which kind of call measures it (``call``) and its short name in reports (``label``).
+
+No torch here, and no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..units import (
+    format_bytes,
+    format_count,
+    format_duration,
+    format_rate,
+    format_seconds,
+    parse_bytes,
+    parse_count,
+    parse_duration_ms,
+    parse_duration_s,
+    parse_rate,
+)
+
+if TYPE_CHECKING:
+    from ..core.counting.count import Counts
+    from ..core.timing.timer import TimingStats
+
+_PARSERS: dict[str, Callable[[object], float]] = {
+    "count": parse_count,
+    "bytes": parse_bytes,
+    "ms": parse_duration_ms,
+    "rate": parse_rate,
+    "s": parse_duration_s,
+}
+_FORMATTERS: dict[str, Callable[[float], str]] = {
+    "count": format_count,
+    "bytes": format_bytes,
+    "ms": format_duration,
+    "rate": format_rate,
+    "s": format_seconds,
+}
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What the measuring core produced for one call; each metric reads its value from here."""
+
+    counts: Counts  # the forward's (a training step's: its forward in train mode)
+    timing: TimingStats | None = None  # when the call was timed
+    roofline_ms: float | None = None  # when a hardware spec was given
+    cuda_memory: int | None = None  # CUDA allocator peak of one call, when measured there
+    on_cuda: bool = False
+    max_batch: int | None = None  # when min_max_batch asked for the search
+    latency_stat: str = "median"  # the statistic latency is judged by: "median" or "p90"
+    # What this kind of call measured beyond a forward's counts (a training step's
+    # TrainCounts, a compiled call's CompileStats); only that kind's rows read it.
+    figures: Any = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured quantity that a budget can limit."""
+
+    name: str
+    keyword: str
+    unit: str  # "count", "bytes", "ms", "s" or "rate"
+    description: str
+    read: Callable[[Readings], float | None]  # None: not measured in this call
+    ratcheted: bool = False  # kept as a baseline in budgets.yaml and never allowed to grow
+    timed: bool = False  # needs the model to be timed, not only counted
+    higher_is_better: bool = False  # the limit is a minimum (throughput), not a maximum
+    # A ratcheted metric is stored only where this holds of the call's values (default: always).
+    stored_if: Callable[[Mapping[str, float]], bool] | None = None
+    zero_allowed: bool = False  # a limit of 0 means "none at all" (graph breaks), not a mistake
+    # The kind of call that measures it (a CallKind's name: "forward", "train", "compiled"),
+    # or "any". A limit on a call of another kind is an error.
+    call: str = "any"
+    label: str = ""  # its short name in reports ("train MACs"); the name where empty
+    # Measured on CUDA only; a limit on a call that runs on the CPU is an error that names
+    # this keyword, the CPU's estimate of the same thing.
+    cpu_twin: str | None = None
+
+    def parse(self, value: object) -> float:
+        return _PARSERS[self.unit](value)
+
+    def format(self, value: float) -> str:
+        return _FORMATTERS[self.unit](value)
+
+    def exceeds(self, measured: float, limit: float) -> bool:
+        return measured < limit if self.higher_is_better else measured > limit
+
+    @property
+    def shown_as(self) -> str:
+        return self.label or self.name
+
+
+def timed_statistic(readings: Readings) -> float | None:
+    """The judged statistic (median or p90) of the call's timing, when it was timed: a
+    forward's latency, a training step's time -- each kind names it with its own row."""
+    return readings.timing.stat(readings.latency_stat) if readings.timing else None
