@@ -1,10 +1,10 @@
-"""The run on a device that a kind of call is offered: timed and judged, and its CUDA peak.
+"""A call run on its device: timed and judged, its CUDA peak, the largest batch that fits.
 
-:class:`DeviceRun` is the :class:`~..calls.kind.Run` that :func:`~.measure.measure_call`
-hands a kind of call. The kind says what to repeat (a forward, a training step, a compiled
-forward); this module decides, from the call's budget, whether to time it, how often to
-measure it again (:func:`~.timing_verdicts.measure_and_judge`), when sampling may stop, and
-whether to take the CUDA allocator peak.
+A kind of call says what to repeat (:class:`~..core.devices.Repeated`: a forward, a training
+step, a compiled forward); :class:`DeviceRun` decides from the call's budget whether to time
+it, how often to measure it again (:func:`~.timing_verdicts.measure_and_judge`), when
+sampling may stop, whether to take the CUDA allocator peak, and whether to search the
+largest batch -- and keeps what it found for the call's readings.
 """
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..errors import MeasurementError
 from .baselines import Entry
 from .budget import CallBudget, Limit
 
 if TYPE_CHECKING:
     from ..calls.kind import CallKind
-    from ..core.devices import Repeat
+    from ..core.devices import Repeated
     from ..core.timing.timer import Progress, TimingStats
     from .timing_verdicts import TimingJudgement
 
 
 class DeviceRun:
-    """Times what a kind of call repeats (when its budget is timed) and takes its CUDA peak
-    (on CUDA, when a limit needs it or the kind always reports it); remembers both."""
+    """What running one call on its device found: its timing and verdicts (when the budget
+    is timed), its CUDA peak (on CUDA, when a limit needs it or the kind always reports it)
+    and the largest batch that fits (when a limit asks)."""
 
     def __init__(
         self,
@@ -35,39 +37,58 @@ class DeviceRun:
         kind: CallKind,
         entry: Entry | None,
         *,
-        on_cuda: bool,
         progress: Progress | None,
     ) -> None:
         self.args, self.kwargs, self.budget, self.kind, self.entry = args, kwargs, budget, kind, entry
-        self.on_cuda, self.progress = on_cuda, progress
+        self.progress = progress
         # The limits judged while timing (the rest are compared with a value after measuring):
         # the kind's own timed statistic, and throughput, which is judged as that time.
         timed = (kind.timed_metric, "throughput")
         self.timed_limits: tuple[Limit, ...] = (
             tuple(limit for limit in budget.limits if limit.metric in timed) if budget.timed else ()
         )
+        self.on_cuda = False
         self.judgement: TimingJudgement | None = None
         self.timing: TimingStats | None = None
         self.cuda_memory: int | None = None
+        self.max_batch: int | None = None
 
-    def __call__(self, model: Any, repeat: Repeat) -> None:
-        if self.budget.timed:
-            self.judgement, self.timing = self._time(model, repeat)
+    def run(self, repeated: Repeated) -> None:
+        from ..core.devices import target_device
+
+        budget = replace(self.budget, timing=replace(self.budget.timing, autocast=repeated.autocast))
+        self.on_cuda = target_device(repeated.model, self.args, budget.timing.device).type == "cuda"
+        if not self.on_cuda:
+            _refuse_cuda_only_limits(budget, self.kind)
+        if budget.timed:
+            self.judgement, self.timing = self._time(repeated, budget)
         if self.on_cuda:
-            self.cuda_memory = self._cuda_peak(model, repeat)
+            self.cuda_memory = self._cuda_peak(repeated, budget)
+        self.max_batch = self._max_batch(repeated.model, budget)
 
-    def _cuda_peak(self, model: Any, repeat: Repeat) -> int | None:
+    def _cuda_peak(self, repeated: Repeated, budget: CallBudget) -> int | None:
         """The allocator peak on CUDA: from the timed run, else one run when it is needed."""
         if self.timing is not None and self.timing.peak_memory is not None:
             return self.timing.peak_memory
-        budget = self.budget
         if not (budget.limited("memory") or self.kind.always_cuda_peak) or not budget.timing_enabled:
             return None  # --budget-no-timing: nothing runs on the device
         from ..core.timing.cuda_memory import cuda_peak_memory
 
-        return cuda_peak_memory(model, self.args, self.kwargs, device=budget.timing.device, repeat=repeat)
+        return cuda_peak_memory(
+            repeated.model, self.args, self.kwargs, device=budget.timing.device, repeat=repeated.repeat
+        )
 
-    def _time(self, model: Any, repeat: Repeat) -> tuple[TimingJudgement, TimingStats]:
+    def _max_batch(self, model: Any, budget: CallBudget) -> int | None:
+        """The largest batch that fits, searched up to 4x the largest batch a limit requires."""
+        required = budget.limits_of("max_batch")
+        if not required or not budget.timed:
+            return None
+        from ..core.timing.cuda_memory import max_batch
+
+        largest = int(max(limit.value for limit in required))
+        return max_batch(model, self.args, self.kwargs, device=budget.timing.device, limit=4 * largest)
+
+    def _time(self, repeated: Repeated, budget: CallBudget) -> tuple[TimingJudgement, TimingStats]:
         """Time the call (again while it looks slow) and judge its timed limits and baseline.
 
         Returns the judgement and the measurement the call reports: when recording a
@@ -86,7 +107,7 @@ class DeviceRun:
             recorded,
         )
 
-        budget, args, kwargs = self.budget, self.args, self.kwargs
+        model, args, kwargs = repeated.model, self.args, self.kwargs
         where = timer.placement_for(model, args, budget.timing)  # the fingerprint, once per call
         batch = budget.batch_size or batch_size_of(args, kwargs)
         stored = self.entry.timing.get(where.fingerprint) if self.entry else None
@@ -124,7 +145,7 @@ class DeviceRun:
                 progress=self.progress,
                 where=where,
                 decided=None if budget.update else decided,
-                repeat=repeat,
+                repeat=repeated.repeat,
             )
             taken.append(stats)
             return stats
@@ -144,3 +165,14 @@ class DeviceRun:
         # during the measurement, elsewhere a set taken now.
         kept = recorded(judgement.measurements, budget.latency_stat)
         return judgement, replace(kept, probes=kept.probes or measure_probes())
+
+
+def _refuse_cuda_only_limits(budget: CallBudget, kind: CallKind) -> None:
+    """A limit on a figure only CUDA measures, on a call that runs on the CPU: an error."""
+    for limit in budget.limits:
+        metric = limit.definition
+        if metric.cpu_twin:
+            raise MeasurementError(
+                f"{metric.keyword} limits a figure measured on CUDA, but this {kind.noun} runs on the "
+                f"CPU: limit the estimate with {metric.cpu_twin}, or time on CUDA (device='cuda')"
+            )

@@ -58,22 +58,16 @@ def measure_call(
     exception from the model's own forward propagates unchanged.
     """
     from ..calls.compiled import forward_kind
-    from ..core.compiling import eager_model
-    from ..core.counting.count import require_module  # imports torch: only when a model is measured
-    from ..core.devices import target_device
 
-    require_module(model)
     budget = resolve(marker, entry.budget if entry else None, settings)
     if kind is None:
         kind = forward_kind(model, budget.compile, eager=budget.eager, earlier=earlier_inputs)
     _refuse_what_it_cannot_measure(kind, budget)
-    eager = eager_model(model)
-    on_cuda = target_device(eager, args, budget.timing.device).type == "cuda"
-    _refuse_cuda_only_limits(kind, budget, on_cuda)
-    budget = _fitted(budget, kind, on_cuda)
-
-    run = DeviceRun(args, kwargs, budget, kind, entry, on_cuda=on_cuda, progress=progress)
-    measured = kind.measure(model, args, kwargs, autocast=budget.timing.autocast, run=run)
+    budget = _fitted(budget, kind)
+    run = DeviceRun(args, kwargs, budget, kind, entry, progress=progress)
+    with kind.measure(model, args, kwargs, device=budget.timing.device, autocast=budget.autocast) as measured:
+        if measured.repeated is not None:
+            run.run(measured.repeated)
     counts = measured.counts
     readings = Readings(
         counts=counts,
@@ -82,8 +76,8 @@ def measure_call(
         timing=run.timing,
         roofline_ms=_roofline_ms(counts, budget) if _measures(kind, "roofline_ms") else None,
         cuda_memory=run.cuda_memory,
-        on_cuda=on_cuda,
-        max_batch=_max_batch(eager, args, kwargs, budget),
+        on_cuda=run.on_cuda,
+        max_batch=run.max_batch,
     )
     values = read_all(readings, kind)
     has_baseline = entry is not None and bool(entry.metrics)
@@ -150,28 +144,13 @@ def _refuse_what_it_cannot_measure(kind: CallKind, budget: CallBudget) -> None:
             raise MeasurementError(instead)
 
 
-def _refuse_cuda_only_limits(kind: CallKind, budget: CallBudget, on_cuda: bool) -> None:
-    if on_cuda:
-        return
-    for limit in budget.limits:
-        metric = limit.definition
-        if metric.cpu_twin:
-            raise MeasurementError(
-                f"{metric.keyword} limits a figure measured on CUDA, but this {kind.noun} runs on the "
-                f"CPU: limit the estimate with {metric.cpu_twin}, or time on CUDA (device='cuda')"
-            )
-
-
-def _fitted(budget: CallBudget, kind: CallKind, on_cuda: bool) -> CallBudget:
-    """The budget's timing settings for this kind of call: its fingerprint mode, autocast's
-    dtype, and no CUDA graphs where the kind is timed without (a run-wide --budget-cuda-graphs
-    leaves it alone; the budget's own cuda_graph= was refused)."""
+def _fitted(budget: CallBudget, kind: CallKind) -> CallBudget:
+    """The budget's timing settings for this kind of call: its fingerprint mode, and no CUDA
+    graphs where the kind is timed without (a run-wide --budget-cuda-graphs leaves it alone;
+    the budget's own cuda_graph= was refused)."""
     timing = replace(budget.timing, mode=kind.mode)
     if "cuda_graph" in kind.refused:
         timing = replace(timing, cuda_graph=False)
-    if budget.autocast:  # True: the usual half dtype of the device
-        dtype = budget.autocast if isinstance(budget.autocast, str) else "float16" if on_cuda else "bfloat16"
-        timing = replace(timing, autocast=dtype)
     return replace(budget, timing=timing)
 
 
@@ -186,16 +165,3 @@ def _roofline_ms(counts: Counts, budget: CallBudget) -> float | None:
             )
         return None
     return estimate(counts.ops, hardware(budget.hardware)).total_ms
-
-
-def _max_batch(
-    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], budget: CallBudget
-) -> int | None:
-    """The largest batch that fits, searched up to 4x the largest batch a limit requires."""
-    required = budget.limits_of("max_batch")
-    if not required or not budget.timed:
-        return None
-    from ..core.timing.cuda_memory import max_batch
-
-    largest = int(max(limit.value for limit in required))
-    return max_batch(model, args, kwargs, device=budget.timing.device, limit=4 * largest)

@@ -14,13 +14,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .forward import Forward
-from .kind import CallKind, Measured, Run
+from .kind import CallKind, Measured
 from .metric import Metric
 
 if TYPE_CHECKING:
     import torch
 
     from ..core.compiling import Inputs
+    from ..core.devices import Repeat
 
 ROWS: tuple[Metric, ...] = (
     # dynamo's own records, deterministic for given code and torch.
@@ -103,22 +104,30 @@ class Compiled(CallKind):
         self.earlier = tuple(earlier)  # this test's earlier inputs of the same model
         self.mode = compile_label(options)
 
+    @contextmanager
     def measure(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, autocast: str | None, run: Run
-    ) -> Measured:
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        device: str | None,
+        autocast: bool | str,
+    ) -> Iterator[Measured]:
         from ..core.compiling import compile_session, eager_model
         from ..core.counting.count import count
+        from ..core.devices import Repeated
 
-        counts = count(eager_model(model), args, kwargs)
+        eager = eager_model(model)
+        counts = count(eager, args, kwargs)
         with compile_session(model, self.options) as session:
             stats = session.run([*self.earlier, (args, kwargs)])
-            run(session.fn, _repeated_compiled(session.fn, args, kwargs))
-        return Measured(counts, figures=stats, compiled=stats)
+            # The eager module is what moves to the device (the compiled model wraps it).
+            repeated = Repeated(eager, _repeated_compiled(session.fn, args, kwargs))
+            yield Measured(counts, figures=stats, compiled=stats, repeated=repeated)
 
 
-def _repeated_compiled(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> Callable[[torch.device], Any]:
+def _repeated_compiled(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Repeat:
     from ..core.devices import repeated_forward
 
     @contextmanager

@@ -7,11 +7,12 @@ mode on the timing device.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, ClassVar
 
-from .kind import CallKind, Measured, Run
+from .kind import CallKind, Measured
 from .metric import Metric, Readings, timed_statistic
 
 
@@ -74,14 +75,22 @@ class Forward(CallKind):
     measures = frozenset({"any", "forward"})
     timed_metric = "latency_ms"
 
+    @contextmanager
     def measure(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, autocast: str | None, run: Run
-    ) -> Measured:
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        device: str | None,
+        autocast: bool | str,
+    ) -> Iterator[Measured]:
         from ..core.compiling import eager_model
         from ..core.counting.count import count  # imports torch: only when a model is measured
-        from ..core.devices import repeated_forward
+        from ..core.devices import Repeated, autocast_dtype, repeated_forward, target_device
 
         model = eager_model(model)
-        counts = count(model, args, kwargs, autocast=autocast)
-        run(model, partial(repeated_forward, model, args, kwargs, autocast=autocast))
-        return Measured(counts)
+        dtype = autocast_dtype(autocast, target_device(model, args, device)) if autocast else None
+        counts = count(model, args, kwargs, autocast=dtype)
+        repeat = partial(repeated_forward, model, args, kwargs, autocast=dtype)
+        yield Measured(counts, repeated=Repeated(model, repeat, autocast=dtype))

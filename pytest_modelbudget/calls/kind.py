@@ -2,36 +2,30 @@
 
 A :class:`CallKind` says, for calls of its kind,
 
-* how it is counted and what is repeated when it is timed (:meth:`CallKind.measure`),
+* how it is counted, and what is repeated when it is timed (:meth:`CallKind.measure`),
 * which metrics it measures (its ``rows`` and the rows of every kind, ``call="any"``) and so
   which marker keywords it accepts, and the budget options it refuses,
 * how it is named in messages (``noun``, ``described``, ``remedy``),
 * under which fingerprint mode its timing is kept, and which metric that timing is.
 
-:func:`~..budgets.measure.measure_call` resolves the budget, hands the kind a :data:`Run` and
-judges what comes back; it does not branch on the kind. Adding a kind of call is one module
+:func:`~..budgets.measure.measure_call` resolves the budget, lets the kind measure, times what
+the kind says to repeat when the budget asks, and judges the values; it does not branch on the
+kind. Adding a kind of call is one module
 here with its rows, and its entry in the metric table (:data:`~..budgets.metrics.KINDS`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ..core.compiling import CompileStats
     from ..core.counting.count import Counts
-    from ..core.devices import Repeat
+    from ..core.devices import Repeated
     from .metric import Metric
-
-
-class Run(Protocol):
-    """The measuring layer's offer to run a call on its device: ``run(model, repeat)`` times
-    what ``repeat`` opens and takes its CUDA peak, as far as the budget asks (nothing when it
-    asks for neither). ``model`` is what is moved to the device and fingerprinted."""
-
-    def __call__(self, model: Any, repeat: Repeat) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +41,9 @@ class Measured:
     module_figures: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     compiled: CompileStats | None = None  # graph breaks and recompiles, for failure messages
     memory_by_kind: Mapping[str, int] = field(default_factory=dict)  # a training step's peak, by kind
+    # What timing and the CUDA peak repeat, if the budget asks for them; valid while the
+    # kind's measure() block is open (a compiled call's dynamo state is).
+    repeated: Repeated | None = None
 
 
 class CallKind:
@@ -73,9 +70,19 @@ class CallKind:
     mode: str = "eager"  # its timing fingerprint's mode
 
     def measure(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, autocast: str | None, run: Run
-    ) -> Measured:
-        """Count the call, and offer ``run`` what timing repeats (see :class:`Run`)."""
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        device: str | None,
+        autocast: bool | str,
+    ) -> AbstractContextManager[Measured]:
+        """Count the call; the block it opens holds what timing repeats (``Measured.repeated``).
+
+        ``device``: where the call is timed (None: the model's device); ``autocast``: the
+        budget's option (True, False or a dtype), for the kinds that take it.
+        """
         raise NotImplementedError
 
     def measures_metric(self, metric: Metric) -> bool:

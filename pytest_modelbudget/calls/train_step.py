@@ -8,12 +8,13 @@ under a ``train step`` fingerprint, never against a forward's baseline.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import MeasurementError
-from .kind import CallKind, Measured, Run
+from .kind import CallKind, Measured
 from .metric import Metric, timed_statistic
 
 if TYPE_CHECKING:
@@ -98,10 +99,18 @@ class TrainStep(CallKind):
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
 
+    @contextmanager
     def measure(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, autocast: str | None, run: Run
-    ) -> Measured:
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        device: str | None,
+        autocast: bool | str,
+    ) -> Iterator[Measured]:
         from ..core.compiling import is_compiled
+        from ..core.devices import Repeated
         from ..core.training.count import count_train_step
         from ..core.training.step import train_step_on
 
@@ -111,10 +120,10 @@ class TrainStep(CallKind):
                 "torch.compile'd one (compiled training steps are not measured yet)"
             )
         train = count_train_step(model, args, kwargs, self.spec)
-        run(model, partial(train_step_on, model, args, kwargs, spec=self.spec))
-        return Measured(
+        yield Measured(
             train.forward,
             figures=train,
             module_figures={"backward_macs": train.backward_modules},
             memory_by_kind=train.memory_by_kind,
+            repeated=Repeated(model, partial(train_step_on, model, args, kwargs, spec=self.spec)),
         )

@@ -166,9 +166,27 @@ def _on_device(model: Any, device: torch.device) -> Iterator[None]:
 
 
 Repeat = Callable[["torch.device"], AbstractContextManager[Callable[[], object]]]
-"""What a run on a device repeats, opened once the model is there (:func:`exclusive_use`):
-``repeat(device)`` yields the call -- a forward (:func:`repeated_forward`), a training step,
-a compiled forward. Timing and the CUDA peak take one; each kind of call says which."""
+"""``repeat(device)`` opens what a run on a device repeats, once the model is there
+(:func:`exclusive_use`), and yields the call: a forward (:func:`repeated_forward`), a
+training step, a compiled forward."""
+
+
+@dataclass(frozen=True)
+class Repeated:
+    """What a kind of call has timed and its CUDA peak taken: the model (what is moved to
+    the device and fingerprinted), the call to repeat there, and its autocast dtype."""
+
+    model: Any
+    repeat: Repeat
+    autocast: str | None = None  # the dtype torch.autocast runs the call in, for the fingerprint
+
+
+def autocast_dtype(autocast: bool | str, device: torch.device) -> str | None:
+    """The dtype of an ``autocast`` option: ``True`` is the device's usual half dtype
+    (float16 on CUDA, bfloat16 elsewhere); ``False`` is none."""
+    if autocast is True:
+        return "float16" if device.type == "cuda" else "bfloat16"
+    return autocast or None
 
 
 @contextmanager
