@@ -36,7 +36,7 @@ from pytest_modelbudget.budgets.measure import MODULE_DEPTH, measure_call  # noq
 from pytest_modelbudget.budgets.results import CallResult, shallow_modules  # noqa: E402
 from pytest_modelbudget.core.counting.count import count  # noqa: E402
 from pytest_modelbudget.core.timing.timer import TimingSettings  # noqa: E402
-from pytest_modelbudget.report import words as report  # noqa: E402
+from pytest_modelbudget.report import exports  # noqa: E402
 from pytest_modelbudget.report.html import render  # noqa: E402
 
 CHROMIUM_FLAGS = (
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1600)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    page = render(measure_all(), title="Model budgets", environment=report.environment())
+    page = render(measure_all(), title="Model budgets", environment=exports.environment())
     with tempfile.TemporaryDirectory() as tmp:
         html_path = args.html or Path(tmp) / "report.html"
         html_path.write_text(page, encoding="utf-8")

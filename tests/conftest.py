@@ -27,6 +27,11 @@ def _load_torch_lazily_imported_modules() -> None:
     for execution in ("meta", "real"):
         count(model, (torch.randn(1, 1, 5, 5),), execution=execution)
         count(attention, (torch.randn(1, 3, 8),), execution=execution)
+    # An optimizer's first step imports torch._dynamo (and with it operator libraries that
+    # cannot be registered twice): done here, not first inside an inner run.
+    weight = torch.nn.Parameter(torch.zeros(2))
+    weight.grad = torch.zeros(2)
+    torch.optim.AdamW([weight]).step()
 
 
 _load_torch_lazily_imported_modules()

@@ -28,12 +28,13 @@ import yaml
 
 from ..errors import BaselineFileError, BudgetSpecError, shown
 from .budget import KEYWORDS, Budget, parse_budget
-from .metrics import COMPILED, RATCHETED
+from .metrics import COMPILED, METRICS, RATCHETED
 from .timing_verdicts import STORED_KEYS
 
 FORMAT_VERSION = 1
-# What `modules:` keeps per module path: forward MACs, params, and a training step's backward MACs.
-MODULE_KEYS = ("macs", "params", "backward_macs")
+# What `modules:` keeps per module path: the metric rows' module figures (forward MACs,
+# params, a training step's backward MACs).
+MODULE_KEYS = tuple(dict.fromkeys(m.module_figure for m in METRICS if m.module_figure))
 ROOT_MODULE = "(root)"  # how the model's own ops and params appear in `modules:`
 
 HEADER = """\

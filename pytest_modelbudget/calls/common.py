@@ -43,6 +43,7 @@ ROWS: tuple[Metric, ...] = (
         read=lambda r: r.counts.macs,
         ratcheted=True,
         label="MACs",
+        module_figure="macs",
     ),
     Metric(
         "flops",
@@ -51,6 +52,7 @@ ROWS: tuple[Metric, ...] = (
         "floating-point operations, 2 x MACs",
         read=lambda r: r.counts.flops,
         label="FLOPs",
+        module_figure="macs",
     ),
     Metric(
         "float_macs",
@@ -71,6 +73,7 @@ ROWS: tuple[Metric, ...] = (
         "parameters, shared tensors counted once",
         read=lambda r: r.counts.params,
         ratcheted=True,
+        module_figure="params",
     ),
     Metric(
         "size",

@@ -8,7 +8,8 @@ Each kind of call declares the rows it measures (:mod:`.forward`, :mod:`.train_s
 * where its value comes from in a measured call (``read`` from :class:`Readings`),
 * how a limit is compared (``higher_is_better`` for minimums such as throughput),
 * whether ``budgets.yaml`` keeps it as a ratcheted baseline, and whether it needs timing,
-* which kind of call measures it (``call``) and its short name in reports (``label``).
+* which kind of call measures it (``call``), its short name in reports (``label``), and the
+  per-module figure that says where it grew (``module_figure``).
 
 No torch here, and no I/O.
 """
@@ -90,6 +91,9 @@ class Metric:
     # Measured on CUDA only; a limit on a call that runs on the CPU is an error that names
     # this keyword, the CPU's estimate of the same thing.
     cpu_twin: str | None = None
+    # The per-module figure (under `modules:` in budgets.yaml) that explains its growth: a
+    # failure names the modules where that figure grew most.
+    module_figure: str | None = None
 
     def parse(self, value: object) -> float:
         return _PARSERS[self.unit](value)

@@ -31,6 +31,7 @@ ROWS: tuple[Metric, ...] = (
         ratcheted=True,
         call="train",
         label="train MACs",
+        module_figure="backward_macs",
     ),
     Metric(
         "train_flops",
@@ -40,6 +41,7 @@ ROWS: tuple[Metric, ...] = (
         read=lambda r: r.figures.flops,
         call="train",
         label="train FLOPs",
+        module_figure="backward_macs",
     ),
     Metric(
         "train_memory",

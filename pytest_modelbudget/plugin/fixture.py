@@ -24,7 +24,8 @@ from ..budgets.measure import measure_call
 from ..budgets.results import CallResult, Measurement
 from ..core.compiling import CompileError
 from ..errors import MeasurementError
-from ..report import words as report
+from ..report.exports import junit_properties
+from ..report.failures import failure_lines, warning_messages
 from .options import BUDGET_KEY, CALLS_KEY, ModelBudgetWarning
 from .session import SESSION_KEY
 
@@ -167,14 +168,12 @@ class ModelBudget:
             )
         self._calls.append((model, args, kwargs))
         session.results.append(result)
-        self._item.user_properties.extend(report.junit_properties(result))
+        self._item.user_properties.extend(junit_properties(result))
         self._share_with_pytest_benchmark(result)
-        for message in report.warning_messages(result):
+        for message in warning_messages(result):
             warnings.warn(ModelBudgetWarning(message), stacklevel=3)
         if result.failed:
-            raise pytest.fail.Exception(
-                "\n".join(report.failure_lines(result, session.display_path)), pytrace=False
-            )
+            raise pytest.fail.Exception("\n".join(failure_lines(result, session.display_path)), pytrace=False)
         return measurement
 
     @contextmanager

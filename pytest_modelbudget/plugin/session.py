@@ -18,7 +18,7 @@ from ..budgets import baselines
 from ..budgets.budget import CallSettings
 from ..budgets.results import CallResult
 from ..errors import BaselineFileError
-from ..report import words as report
+from ..report import exports, summary
 from .options import MARKER, Settings
 
 _WORKER_OUTPUT_KEY = "modelbudget"
@@ -39,7 +39,7 @@ class BudgetSession:
         self.worker_scopes: list[list[str] | None] = []  # under xdist, as each worker saw it
         self.deselected = 0
         self.crashed_workers: list[str] = []
-        self.update_summary: report.UpdateSummary | None = None
+        self.update_summary: summary.UpdateSummary | None = None
         try:
             if self.is_worker:  # the controller, which may be another host, sent the file's text
                 self.baseline_text = str(config.workerinput.get(_WORKER_INPUT_KEY, ""))  # type: ignore[attr-defined]
@@ -111,13 +111,13 @@ class BudgetSession:
         settings = self.settings
         try:
             if settings.json_report:
-                document = report.json_report(
-                    self.results, budgets_file=self.display_path, env=report.environment()
+                document = exports.json_report(
+                    self.results, budgets_file=self.display_path, env=exports.environment()
                 )
                 settings.json_report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
             step_summary = os.environ.get("GITHUB_STEP_SUMMARY") if self.results else None
             if settings.markdown_report or step_summary:
-                markdown = "\n".join(report.markdown_lines(self.results)) + "\n"
+                markdown = "\n".join(exports.markdown_lines(self.results)) + "\n"
                 if settings.markdown_report:
                     settings.markdown_report.write_text(markdown, encoding="utf-8")
                 if step_summary:
@@ -127,7 +127,7 @@ class BudgetSession:
             if settings.html_report:
                 from ..report.html import render
 
-                html = render(self.results, title="Model budgets", environment=report.environment())
+                html = render(self.results, title="Model budgets", environment=exports.environment())
                 settings.html_report.write_text(html, encoding="utf-8")
         except OSError as error:
             raise pytest.UsageError(
@@ -149,7 +149,7 @@ class BudgetSession:
             changed = baselines.update(self.settings.budgets_file, measured, frozenset(stale))
         except BaselineFileError as error:
             raise pytest.UsageError(f"pytest-modelbudget: {error}") from None
-        self.update_summary = report.UpdateSummary(
+        self.update_summary = summary.UpdateSummary(
             written=len(measured),
             new=sum(1 for key in measured if key not in self.entries),
             removed=tuple(stale),
@@ -163,7 +163,7 @@ class BudgetSession:
         if not self.results and not stale:
             return
         terminalreporter.write_sep("=", "model budgets")
-        lines = report.summary_lines(
+        lines = summary.summary_lines(
             self.results,
             budgets_file=self.display_path,
             updating=self.settings.update,

@@ -28,7 +28,7 @@ from ..budgets.results import CallResult
 from ..calls.common import beyond_float32
 from ..units import format_bytes, format_count, format_duration
 from .html_assets import CSS, SCRIPT
-from .words import dtype_breakdown, memory_breakdown
+from .words import dtype_breakdown, memory_breakdown, worst_check
 
 MODULES_SHOWN = 12  # bars in a module chart, "other" included
 _OVERFLOW_SCALE = 1.25  # a budget bar's full width is 125% of the budget: room to overflow
@@ -37,22 +37,6 @@ _OVERFLOW_SCALE = 1.25  # a budget bar's full width is 125% of the budget: room 
 _VERDICTS = ("over", "inconclusive", "new", "updated", "shrank", "ok")
 _SEVERITY = {verdict: len(_VERDICTS) - i for i, verdict in enumerate(_VERDICTS)}
 
-_LABELS = {
-    "macs": "MACs",
-    "flops": "FLOPs",
-    "params": "params",
-    "size": "size",
-    "memory_traffic": "memory traffic",
-    "latency_ms": "latency",
-    "throughput": "throughput",
-    "memory": "peak memory",
-    "max_batch": "max batch",
-    "train_macs": "train MACs",
-    "train_flops": "train FLOPs",
-    "train_memory": "train memory (estimate)",
-    "train_cuda_memory": "train memory (CUDA)",
-    "train_step_ms": "train step",
-}
 
 _SOURCES = {"marker": "marker limit", "budgets.yaml limits": "budgets.yaml limit", "baseline": "baseline"}
 
@@ -62,7 +46,7 @@ def _e(value: object) -> str:
 
 
 def _label(metric: str) -> str:
-    return _LABELS.get(metric, metric)
+    return METRICS_BY_NAME[metric].shown_as
 
 
 def _format(metric: str, value: float) -> str:
@@ -200,7 +184,7 @@ def _table(ordered: Sequence[tuple[int, CallResult]]) -> Iterator[str]:
 
 def _row(index: int, result: CallResult) -> str:
     usage = _usage(result)
-    worst = max(result.checks, key=lambda c: c.usage) if result.checks else None
+    worst = worst_check(result.checks)
     latency = result.timing.median_ms if result.timing else None
     metrics = result.metrics
     attributes = {
@@ -274,8 +258,11 @@ def _section(index: int, result: CallResult) -> Iterator[str]:
     yield "</section>"
 
 
-# A training step's counted figures (its timed one is shown as the timing, above).
-_TRAIN_STATS = tuple(m.name for m in METRICS if m.call == "train" and not m.timed)
+# The counted figures of a kind of call beyond a forward's (a training step's, a compiled
+# call's), shown after the forward's; its timed one is shown as the timing.
+_KIND_STATS = tuple(m.name for m in METRICS if m.call not in ("any", "forward") and not m.timed)
+# The timed statistic of each kind of call (latency, train step), in milliseconds.
+_TIMED_STATS = tuple(m.name for m in METRICS if m.timed and m.unit == "ms")
 
 
 def _stats(result: CallResult) -> Iterator[str]:
@@ -291,11 +278,11 @@ def _stats(result: CallResult) -> Iterator[str]:
             f"p90 {format_duration(timing.p90_ms)}, IQR {format_duration(timing.iqr_ms)}, "
             f"{timing.samples} samples"
         )
-        timed = "train step" if "train_step_ms" in metrics else "latency"
-        items.insert(5, (timed, f"{format_duration(timing.median_ms)} ({detail})"))
+        timed = next((name for name in _TIMED_STATS if name in metrics), "latency_ms")
+        items.insert(5, (_label(timed), f"{format_duration(timing.median_ms)} ({detail})"))
     if beyond_float32(result.macs_by_dtype):
         items.insert(1, ("MACs by dtype", dtype_breakdown(result.macs_by_dtype)))
-    items += [(_label(name), _format(name, metrics[name])) for name in _TRAIN_STATS if name in metrics]
+    items += [(_label(name), _format(name, metrics[name])) for name in _KIND_STATS if name in metrics]
     if result.memory_by_kind:
         items.append(("training peak holds", memory_breakdown(result.memory_by_kind)))
     cells = "".join(f"<div><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>" for name, value in items)

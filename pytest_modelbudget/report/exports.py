@@ -1,0 +1,120 @@
+"""The machine-readable outputs: the JSON report, the Markdown summary, JUnit properties."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+from ..budgets.metrics import METRICS_BY_NAME
+from ..budgets.results import CallResult
+from ..units import format_count
+from .words import verdict_counts, worst_check
+
+JSON_SCHEMA_VERSION = 1
+
+
+def environment() -> dict[str, str]:
+    """Versions and device of this run, without importing torch."""
+    import platform
+    from importlib import metadata
+
+    from .._version import __version__
+    from ..core.devices import cpu_model
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "plugin": __version__,
+        "torch": version("torch"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+    }
+
+
+def json_report(
+    results: Sequence[CallResult], *, budgets_file: str, env: Mapping[str, str]
+) -> dict[str, object]:
+    """The --budget-json document (schema in docs/reference.md)."""
+    calls = []
+    for result in sorted(results, key=lambda r: r.key):
+        calls.append(
+            {
+                "test": result.nodeid,
+                "name": result.name,
+                "key": result.key,
+                "verdict": result.verdict.value,
+                "device": result.timing.fingerprint if result.timing else result.executed_on,
+                "counted_on": result.executed_on,
+                "convention": result.convention,
+                "metrics": dict(result.metrics),
+                "checks": [
+                    {**c.to_dict(), "change": c.change, "usage": _json_number(c.usage)} for c in result.checks
+                ],
+                "modules": {k: dict(v) for k, v in result.modules.items()},
+                "uncounted": dict(result.uncounted),
+                "timing": result.timing.to_dict() if result.timing else None,
+                "macs_by_dtype": dict(result.macs_by_dtype),
+                "compiled": result.compiled.to_dict() if result.compiled else None,
+                "memory_by_kind": dict(result.memory_by_kind),
+            }
+        )
+    return {
+        "schema": "pytest-modelbudget-report",
+        "version": JSON_SCHEMA_VERSION,
+        "budgets_file": budgets_file,
+        "environment": dict(env),
+        "summary": {"calls": len(results), **verdict_counts(results)},
+        "calls": calls,
+    }
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no infinity: a budget of 0 that is exceeded has no finite share (null).
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def _usage_bar(usage: float, width: int = 10) -> str:
+    if math.isinf(usage):  # a limit or baseline of zero
+        return "█" * width + " ∞"
+    filled = min(width, round(usage * width))
+    return "█" * filled + "░" * (width - filled) + f" {usage:.0%}"
+
+
+def markdown_lines(results: Sequence[CallResult], *, title: str = "Model budgets") -> Iterator[str]:
+    """A GitHub-flavoured Markdown summary: a headline and one row per measured call."""
+    counts = verdict_counts(results)
+    within = counts["ok"] + counts["shrank"] + counts["new"] + counts["updated"]
+    yield f"### {title}"
+    yield ""
+    yield f"**{within} within budget, {counts['over']} over, {counts['inconclusive']} inconclusive**"
+    yield ""
+    yield "| test | metric | measured | limit / baseline | change | budget use | verdict |"
+    yield "| --- | --- | --- | --- | --- | --- | --- |"
+    for result in sorted(results, key=lambda r: r.key):
+        worst = worst_check(result.checks)
+        if worst is None:
+            macs = format_count(result.metrics["macs"])
+            yield f"| `{result.key}` | macs | {macs} | - | - | - | {result.verdict.value} |"
+            continue
+        metric = METRICS_BY_NAME[worst.metric]
+        kind = "baseline" if worst.is_baseline else f"limit ({worst.source.value})"
+        yield (
+            f"| `{result.key}` | {worst.metric} | {metric.format(worst.measured)} | "
+            f"{kind} {metric.format(worst.reference)} | {worst.change} | {_usage_bar(worst.usage)} | "
+            f"{result.verdict.value} |"
+        )
+
+
+def junit_properties(result: CallResult) -> list[tuple[str, object]]:
+    """(name, value) pairs for --junitxml: each metric and the verdict of one call."""
+    prefix = "model_budget" + (f"[{result.name}]" if result.name else "")
+    properties: list[tuple[str, object]] = [
+        (f"{prefix}.{metric}", value) for metric, value in result.metrics.items()
+    ]
+    properties.append((f"{prefix}.verdict", result.verdict.value))
+    return properties
