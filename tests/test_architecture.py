@@ -10,6 +10,7 @@ never fail would show.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -264,3 +265,67 @@ def test_a_module_over_500_lines_fails(tmp_path: Path) -> None:
 def test_a_file_without_a_layer_fails(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match=r"stray\.py has no layer"):
         small_house(tmp_path, {"stray.py": ""})
+
+
+# -- docstrings name modules and names that exist ------------------------------------------
+
+_REFERENCE = re.compile(r":(?:mod|func|class|attr|meth|data|exc):`~?([^`]+)`")
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                names.update(
+                    f"{node.name}.{item.name}" for item in node.body if isinstance(item, ast.FunctionDef)
+                )
+        elif isinstance(node, ast.Assign):
+            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(alias.asname or alias.name for alias in node.names)
+    return names
+
+
+def unresolved_references(house: House) -> list[str]:
+    """Sphinx-style references in the package's source (``:func:`~..core.devices.placement```,
+    relative to the module's package, or ``pytest_modelbudget.``-absolute) that name no
+    module or no top-level name of one."""
+    names = {name: _top_level_names(path) for name, path in house.paths.items()}
+    found = []
+    for name, path in sorted(house.paths.items()):
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        package = [part for part in package if part]
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for target in _REFERENCE.findall(line):
+                if target.startswith("."):
+                    level = len(target) - len(target.lstrip("."))
+                    parts = package[: len(package) - level + 1] + [
+                        p for p in target.lstrip(".").split(".") if p
+                    ]
+                elif target.startswith("pytest_modelbudget"):
+                    parts = target.split(".")[1:]
+                else:
+                    continue  # torch's, the standard library's
+                for cut in range(len(parts), -1, -1):
+                    module = ".".join(parts[:cut])
+                    if module in names:
+                        rest = parts[cut:]
+                        if rest and ".".join(rest[:2]) not in names[module] and rest[0] not in names[module]:
+                            found.append(f"{path.relative_to(house.root)}:{number}: {target}")
+                        break
+                else:
+                    found.append(f"{path.relative_to(house.root)}:{number}: {target}")
+    return found
+
+
+def test_docstring_references_name_what_exists() -> None:
+    assert unresolved_references(HOUSE) == []
+
+
+def test_a_reference_to_a_moved_module_fails(tmp_path: Path) -> None:
+    house = small_house(tmp_path, {"core/count.py": '"""Words come from :mod:`..report.gone`."""\n'})
+    assert unresolved_references(house) == ["core/count.py:1: ..report.gone"]

@@ -167,6 +167,52 @@ def test_a_timed_step_is_judged_with_its_own_baseline(
     )
 
 
+def test_run_wide_compile_and_cuda_graphs_leave_a_training_step_eager(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --budget-compile and --budget-cuda-graphs apply to the calls that can be compiled or
+    # replayed; a training step is measured eagerly beside them, under its own fingerprint.
+    project.makeconftest(FAKE_CLOCK)
+    write_test(
+        project,
+        """
+        @pytest.mark.model_budget(max_train_step_ms=5)
+        def test_step(model_budget):
+            measured = model_budget.train_step(SimpleModel(), torch.randn(2, 1, 28, 28), optimizer="sgd")
+            assert measured.compiled is None and measured.train is not None
+        """,
+    )
+    monkeypatch.setenv("FAKE_MS", "2")
+    result = project.runpytest("--model-budget", "--budget-compile", "--budget-cuda-graphs", "-s")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("compile=True", "a training step is counted and timed eagerly: drop compile= from the budget"),
+        ("cuda_graph=True", "a training step is timed eagerly: drop cuda_graph= from the budget"),
+        ("autocast=True", "autocast is not supported for training steps yet: drop autocast= from the budget"),
+    ],
+)
+def test_a_training_step_refuses_what_its_own_budget_cannot_have(
+    project: pytest.Pytester, option: str, message: str
+) -> None:
+    write_test(
+        project,
+        f"""
+        @pytest.mark.model_budget({option})
+        def test_step(model_budget):
+            model_budget.train_step(SimpleModel(), torch.randn(2, 1, 28, 28))
+        """,
+    )
+    result = project.runpytest("--model-budget")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [f"*model_budget: {message}*", "*(while measuring test_model.py::test_step)*"]
+    )
+
+
 def test_training_steps_through_xdist_workers_and_the_json_report(project: pytest.Pytester) -> None:
     write_test(
         project,

@@ -3,7 +3,7 @@
 A :class:`Check` is one metric judged against one reference (a marker limit, a file
 limit or the baseline); the call's :class:`Verdict` and its ``--budget-strict`` failures
 follow from its checks. Pure functions of measured values and a resolved
-:class:`~.budgets.CallBudget`: no torch, no files, no text for users (the report layer
+:class:`~.budget.CallBudget`: no torch, no files, no text for users (the report layer
 words the verdicts).
 """
 

@@ -1,7 +1,7 @@
 """What the profile command found, as values: a :class:`Profile` and the limits it suggests.
 
-The command (:mod:`pytest_modelbudget.profile`) builds and counts a model into a
-:class:`Profile`; the report layer (:mod:`pytest_modelbudget.profile_report`) renders it.
+The command (:mod:`pytest_modelbudget.cli.profile`) builds and counts a model into a
+:class:`Profile`; the report layer (:mod:`pytest_modelbudget.report.profile`) renders it.
 The suggested limits are budget arithmetic: the measured value plus headroom, rounded *up*
 to a short number that the plugin parses back to at least that much.
 """

@@ -2,13 +2,13 @@
 
 How a measurement is judged against its baseline (:func:`judge`): a slowdown fails only
 when it is beyond the tolerance *and* survives re-measurement *and* is not explained by
-the machine itself being slower (probes in :mod:`.probes`); a slowdown that noise or the
+the machine itself being slower (probes in :mod:`~..core.timing.probes`); a slowdown that noise or the
 machine can explain is "inconclusive", a warning by default.
 
 :class:`LatencyBaseline` is what budgets.yaml keeps per device fingerprint; its
 :meth:`~LatencyBaseline.to_stored` / :meth:`~LatencyBaseline.from_stored` pair is the only
 place its keys are spelled. No torch here: the measurements come in as
-:class:`~.timing.TimingStats`.
+:class:`~..core.timing.timer.TimingStats`.
 """
 
 from __future__ import annotations

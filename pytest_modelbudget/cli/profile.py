@@ -4,12 +4,12 @@
 imports a factory, builds the model, counts one forward pass and describes it: a table
 per module, the totals, the ops the counter has no formula for, and a
 ``@pytest.mark.model_budget(...)`` line with headroom, ready to paste into a test. With
-``--compile`` it also compiles the model (:mod:`pytest_modelbudget.compiling`, in a clean
+``--compile`` it also compiles the model (:mod:`pytest_modelbudget.core.compiling`, in a clean
 dynamo state) and reports its graphs, graph breaks, recompiles, kernels and compile time;
 the counts are still those of the eager model.
 
 This module parses the arguments, builds the model and counts it into a
-:class:`~pytest_modelbudget.profile_result.Profile`; :mod:`pytest_modelbudget.profile_report`
+:class:`~pytest_modelbudget.budgets.profile.Profile`; :mod:`pytest_modelbudget.report.profile`
 renders it, and :mod:`pytest_modelbudget.__main__` only reads the command line and writes
 what :func:`run` returns. Every problem a user can cause is a :class:`ProfileError` with a
 one-line message. torch is imported inside the functions that need it, so ``--help`` and

@@ -1,6 +1,6 @@
 """The ``model_budget`` fixture: measure a model inside a test, fail it when a budget breaks.
 
-Imported when a test first asks for the fixture. Measuring is :func:`~.measure.measure_call`'s
+Imported when a test first asks for the fixture. Measuring is :func:`~..budgets.measure.measure_call`'s
 job and wording it the report layer's; this module turns the typed result into a pass, a
 failure (with plugin frames hidden) or a warning, and shares it with JUnit XML and
 pytest-benchmark.

@@ -1,8 +1,8 @@
 """The pytest layer's shared names: command-line options and their ini twins, resolved once.
 
 :func:`resolve_settings` validates every option into a frozen :class:`Settings` at
-configure time. Like :mod:`.plugin`, this module is imported on every pytest run, so it
-imports nothing beyond pytest, :mod:`.units` and :mod:`.errors`.
+configure time. Like the package's ``__init__``, this module is imported on every pytest run, so it
+imports nothing beyond pytest, :mod:`..units` and :mod:`..errors`.
 """
 
 from __future__ import annotations

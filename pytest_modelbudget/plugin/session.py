@@ -1,6 +1,6 @@
 """One run with ``--model-budget``: the baselines it read, the calls it measured, what it writes.
 
-Registered as a plugin by :func:`~.plugin.pytest_configure` only when the run is enabled.
+Registered as a plugin by :func:`~.pytest_configure` only when the run is enabled.
 Under pytest-xdist, workers get the baseline file's text from the controller, publish
 their results through ``workeroutput`` at session finish, and never write budgets.yaml:
 the controller merges (:class:`XdistController`) and writes once.

@@ -1,6 +1,6 @@
 """A self-contained HTML report of a run: one file, no network, no JavaScript library.
 
-:func:`render` turns :class:`~.results.CallResult` values into a page with
+:func:`render` turns :class:`~..budgets.results.CallResult` values into a page with
 
 * a table of every measured call, sortable (click a header, or the select above it) and
   sorted by the highest share of a budget used, worst first;

@@ -1,4 +1,4 @@
-"""The profile command's output: a :class:`~pytest_modelbudget.profile_result.Profile` as lines or JSON.
+"""The profile command's output: a :class:`~pytest_modelbudget.budgets.profile.Profile` as lines or JSON.
 
 Lines of text and a JSON-able object, nothing else; :mod:`pytest_modelbudget.__main__` writes them.
 """

@@ -14,7 +14,7 @@ never touched. A model whose forward needs real values (``.item()``, data-depend
 shapes) is counted with real tensors instead; :attr:`Counts.executed_on` says which
 happened. Nothing about a model is remembered between counts.
 
-Either way the model is left exactly as it was (:mod:`.model_state`): module
+Either way the model is left exactly as it was (:mod:`~..model_state`): module
 attributes, hooks, buffers and parameters, the training flag, ``requires_grad`` and the
 global RNG states are snapshotted before the forward and restored after it, also when
 it raises.
@@ -139,7 +139,7 @@ def count(
 
 
 def require_module(model: object) -> None:
-    """Raises :class:`~.errors.MeasurementError` unless ``model`` is a ``torch.nn.Module``."""
+    """Raises :class:`~...errors.MeasurementError` unless ``model`` is a ``torch.nn.Module``."""
     if not isinstance(model, torch.nn.Module):
         raise MeasurementError(
             f"expected a torch.nn.Module, got {type(model).__name__}; pass the model as the first argument"

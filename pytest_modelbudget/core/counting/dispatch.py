@@ -4,7 +4,7 @@
 for meta twins (so no arithmetic is done and no weight is copied), caching an op's outputs
 and cost per signature on meta (a repeated layer costs a dictionary lookup, not a meta
 kernel; :mod:`.shape_rules` stands in for the slowest meta kernels), pricing the call --
-MACs from :mod:`.mac_formulas`, bytes read plus written as its memory traffic -- and the
+MACs from :mod:`.formulas`, bytes read plus written as its memory traffic -- and the
 live-bytes peak of the tensors the forward allocates. It attributes each call to the
 module the caller says is running and records it as an :class:`OpRecord`.
 

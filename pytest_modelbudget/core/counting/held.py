@@ -12,7 +12,7 @@ in a shape that hides their bytes:
   ``__tensor_flatten__``.
 
 :func:`packed_tensors` finds the first kind, :func:`storage_bytes` prices any tensor by the
-bytes it really holds, by storage dtype. Counting params and size (:mod:`.counting`) uses
+bytes it really holds, by storage dtype. Counting params and size (:mod:`.count`) uses
 both, so a quantized model is counted like its float twin and sized by what it stores.
 """
 

@@ -1,6 +1,6 @@
 """The ops that do no multiply-accumulates under the convention: the other half of the MAC registry.
 
-An op the counter sees is priced by a formula (:mod:`.mac_formulas`), known to do no
+An op the counter sees is priced by a formula (:mod:`.formulas`), known to do no
 MACs (this module: normalisation, pooling, reductions, softmax, data movement, their
 backward ops, and everything ATen tags pointwise or view), or listed as uncounted.
 """

@@ -2,7 +2,7 @@
 
 Both run the model for real on a CUDA device, through :func:`~..devices.exclusive_use`
 (the device to themselves, the model left as it was). On CPU the peak is the counter's
-estimate from the dispatch trace instead (:attr:`~.counting.Counts.peak_memory`).
+estimate from the dispatch trace instead (:attr:`~..counting.count.Counts.peak_memory`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def forward_peak_memory(forward: Callable[[], object], device: torch.device) -> int:
     """Allocator peak of one ``forward()`` above the level before it, after a first call.
 
-    A training step (:func:`~.training.train_step_on`) adds what it holds between steps
+    A training step (:func:`~..training.step.train_step_on`) adds what it holds between steps
     (parameters, buffers, optimizer state), so its peak is the whole step's, as estimated.
     """
     import torch

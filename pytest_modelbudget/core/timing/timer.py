@@ -2,7 +2,7 @@
 
 How one measurement works:
 
-* **Where**: on the device the model is on, or a named one (:mod:`.devices` moves the
+* **Where**: on the device the model is on, or a named one (:mod:`..devices` moves the
   model there and back, so it is left as it was). On CPU at a fixed thread count
   (default 1), recorded in the fingerprint.
 * **Warm-up**: the first calls (lazy init, cuDNN autotuning, allocator growth) are run and
@@ -18,7 +18,7 @@ How one measurement works:
   median is known to ``precision``, or the time budget is spent; the summary keeps
   median, p90, min, mean, IQR, counts, wall time and the ratios to the probe.
 
-How a measurement is judged is :mod:`.timing_verdicts`' job; peak memory and the largest
+How a measurement is judged is :mod:`~...budgets.timing_verdicts`' job; peak memory and the largest
 batch that fits are :mod:`.cuda_memory`'s.
 """
 

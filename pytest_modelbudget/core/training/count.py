@@ -86,8 +86,8 @@ def count_train_step(
 ) -> TrainCounts:
     """Count one training step of ``model(*args, **kwargs)`` (see the module docstring).
 
-    ``execution`` as for :func:`~.counting.count`: ``"meta"``, ``"real"`` (on clones) or
-    ``"auto"`` (meta, else real). Raises :class:`~.errors.MeasurementError` for a model
+    ``execution`` as for :func:`~..counting.count.count`: ``"meta"``, ``"real"`` (on clones) or
+    ``"auto"`` (meta, else real). Raises :class:`~...errors.MeasurementError` for a model
     with nothing to train, a loss that is not a scalar, or an optimizer that cannot be
     built; an exception from the model's own forward propagates unchanged.
     """

@@ -41,7 +41,7 @@ def optimizer_factory(spec: Any, model: torch.nn.Module) -> tuple[Factory | None
     ``model.parameters()``: a name, class or callable gets the trainable ones, an optimizer
     the test built gets its own param groups (frozen parameters in them are kept, and
     skipped by the optimizer as in a real loop: they get no gradient). Raises
-    :class:`~.errors.MeasurementError` for a value that is none of the accepted kinds.
+    :class:`~...errors.MeasurementError` for a value that is none of the accepted kinds.
     """
     if spec is None:
         return None, "none"
