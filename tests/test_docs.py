@@ -45,3 +45,16 @@ def test_every_option_is_in_pytest_help(pytester: pytest.Pytester) -> None:
         result.stdout.fnmatch_lines([f"*{flag}*"])
         if ini:
             result.stdout.fnmatch_lines([f"*{ini} (*"])
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    # docs/architecture.md is the map of the tree: a module it does not name is a room
+    # missing from the map (subpackages' __init__.py only say what their folder holds).
+    page = (DOCS / "architecture.md").read_text()
+    package = DOCS.parent / "pytest_modelbudget"
+    modules = [
+        path.relative_to(package).as_posix()
+        for path in sorted(package.rglob("*.py"))
+        if not (path.name == "__init__.py" and path.parent != package)
+    ]
+    assert [m for m in modules if f"`{m}`" not in page] == []

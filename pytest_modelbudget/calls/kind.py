@@ -16,6 +16,7 @@ here with its rows, and its entry in the metric table (:data:`~..budgets.metrics
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class Measured:
     repeated: Repeated | None = None
 
 
-class CallKind:
+class CallKind(ABC):
     """A kind of call: a forward (:mod:`.forward`), a training step (:mod:`.train_step`), a
     compiled forward (:mod:`.compiled`). Class attributes describe the kind; an instance
     carries what the test passed for one call (a training step's loss and optimizer)."""
@@ -69,6 +70,7 @@ class CallKind:
     always_cuda_peak: ClassVar[bool] = False
     mode: str = "eager"  # its timing fingerprint's mode
 
+    @abstractmethod
     def measure(
         self,
         model: Any,
@@ -83,7 +85,6 @@ class CallKind:
         ``device``: where the call is timed (None: the model's device); ``autocast``: the
         budget's option (True, False or a dtype), for the kinds that take it.
         """
-        raise NotImplementedError
 
     def measures_metric(self, metric: Metric) -> bool:
         return metric.call in self.measures

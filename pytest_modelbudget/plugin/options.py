@@ -113,7 +113,7 @@ OPTIONS: tuple[tuple[str, str, str, bool | str], ...] = (
     ),
     ("--budget-threads", "budget_threads", "CPU threads while timing (part of the device fingerprint)", "1"),
     ("--budget-time", "budget_time", "seconds to spend on one timing measurement", "1.5"),
-    ("--budget-cuda-graphs", "budget_cuda_graphs", "time CUDA-graph replays instead of eager calls", False),
+    ("--budget-cuda-graphs", "budget_cuda_graphs", "time CUDA-graph replays of eager forwards", False),
     ("--budget-latency-stat", "budget_latency_stat", "latency statistic judged: median or p90", "median"),
     (
         "--budget-latency-tolerance",
@@ -125,7 +125,7 @@ OPTIONS: tuple[tuple[str, str, str, bool | str], ...] = (
     (
         "--budget-compile",
         "budget_compile",
-        "measure every budgeted call torch.compile'd (unless its marker says compile=False)",
+        "measure every budgeted forward torch.compile'd (unless its marker says compile=False)",
         False,
     ),
     ("--budget-json", "budget_json", "write every measurement, limit and verdict as JSON here", ""),
