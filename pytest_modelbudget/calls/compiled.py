@@ -70,6 +70,7 @@ ROWS: tuple[Metric, ...] = (
         "time to compile (wall time: limited, never ratcheted)",
         read=lambda r: r.figures.compile_s,
         call="compiled",
+        wall_time=True,
     ),
 )
 

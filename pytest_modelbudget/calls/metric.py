@@ -94,6 +94,7 @@ class Metric:
     # The per-module figure (under `modules:` in budgets.yaml) that explains its growth: a
     # failure names the modules where that figure grew most.
     module_figure: str | None = None
+    wall_time: bool = False  # a wall-clock figure measured without timing (compile time)
 
     def parse(self, value: object) -> float:
         return _PARSERS[self.unit](value)
@@ -107,6 +108,12 @@ class Metric:
     @property
     def shown_as(self) -> str:
         return self.label or self.name
+
+    @property
+    def noisy(self) -> bool:
+        """Whether two runs of the same code may measure it differently (timed, or wall time):
+        such a figure is compared between runs only on the same kind of device."""
+        return self.timed or self.wall_time
 
 
 def timed_statistic(readings: Readings) -> float | None:

@@ -1,4 +1,5 @@
-"""``python -m pytest_modelbudget``: the command line (today, one sub-command: ``profile``).
+"""``python -m pytest_modelbudget``: the command line: ``profile``, ``merge``
+(:mod:`.merge`) and ``compare`` (:mod:`.compare`).
 
 Only argument parsing and output live here; the work is in :mod:`.profile`.
 """
@@ -9,6 +10,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+from . import compare, merge
 
 PROG = "python -m pytest_modelbudget"
 
@@ -109,11 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
         "adagrad, ... or none for forward and backward only",
     )
     profile.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
+    merge.add_parser(commands)
+    compare.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "merge":
+        return merge.main(args)
+    if args.command == "compare":
+        return compare.main(args)
+    return _profile(args)
+
+
+def _profile(args: argparse.Namespace) -> int:
     from ..core.compiling import DEFAULT_BACKEND
     from .profile import ProfileError, run
 

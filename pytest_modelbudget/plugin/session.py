@@ -17,6 +17,7 @@ import pytest
 from ..budgets import baselines
 from ..budgets.budget import CallSettings
 from ..budgets.results import CallResult
+from ..budgets.shards import RunRecord
 from ..errors import BaselineFileError
 from ..report import exports, summary
 from .options import MARKER, Settings
@@ -37,7 +38,12 @@ class BudgetSession:
         self.collected: set[str] = set()
         self.scope: list[str] | None = None  # path prefixes this run saw in full
         self.worker_scopes: list[list[str] | None] = []  # under xdist, as each worker saw it
+        # The same, a splitter's deselection aside (pytest-split, pytest-shard): what a merge
+        # of this run's report with the other shards' may treat as seen in full.
+        self.suite_scope: list[str] | None = None
+        self.worker_suite_scopes: list[list[str] | None] = []
         self.deselected = 0
+        self.deselected_ids: set[str] = set()
         self.crashed_workers: list[str] = []
         self.update_summary: summary.UpdateSummary | None = None
         try:
@@ -76,18 +82,17 @@ class BudgetSession:
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
+        self.deselected_ids.update(item.nodeid for item in items)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         config = self.config
         narrowing_options = ("keyword", "markexpr", "lf", "deselect")
         narrowed = bool(
-            self.deselected
-            or session.testsfailed
-            or any(config.getoption(name, None) for name in narrowing_options)
+            session.testsfailed or any(config.getoption(name, None) for name in narrowing_options)
         )
-        self.scope = baselines.full_scope(
-            config.args, config.invocation_params.dir, config.rootpath, narrowed=narrowed
-        )
+        where = (config.args, config.invocation_params.dir, config.rootpath)
+        self.scope = baselines.full_scope(*where, narrowed=narrowed or bool(self.deselected))
+        self.suite_scope = baselines.full_scope(*where, narrowed=narrowed)
 
     # -- end of the run ---------------------------------------------------------
 
@@ -99,6 +104,8 @@ class BudgetSession:
                     "results": [r.to_dict() for r in self.results],
                     "collected": sorted(self.collected),
                     "scope": self.scope,
+                    "suite_scope": self.suite_scope,
+                    "deselected": sorted(self.deselected_ids & self.collected),
                 }
             )
             return
@@ -112,7 +119,10 @@ class BudgetSession:
         try:
             if settings.json_report:
                 document = exports.json_report(
-                    self.results, budgets_file=self.display_path, env=exports.environment()
+                    self.results,
+                    budgets_file=self.display_path,
+                    env=exports.environment(),
+                    run=self.run_record(),
                 )
                 settings.json_report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
             step_summary = os.environ.get("GITHUB_STEP_SUMMARY") if self.results else None
@@ -133,6 +143,20 @@ class BudgetSession:
             raise pytest.UsageError(
                 f"pytest-modelbudget: cannot write a report to {error.filename}: {error.strerror}"
             ) from None
+
+    def run_record(self) -> RunRecord:
+        """What this run saw of the suite, for a merge of its report with other shards'."""
+        scope = self.suite_scope
+        if self.worker_suite_scopes:  # xdist: as every worker saw it, or nothing
+            first = self.worker_suite_scopes[0]
+            scope = first if all(s == first for s in self.worker_suite_scopes) else None
+        return RunRecord(
+            collected=frozenset(self.collected),
+            selected=frozenset(self.collected - self.deselected_ids),
+            scope=None if scope is None else tuple(scope),
+            complete=not self.crashed_workers,
+            updating=self.settings.update,
+        )
 
     def stale_entries(self) -> list[str]:
         scope = self.scope
@@ -199,6 +223,8 @@ class XdistController:
         self.session.results.extend(CallResult.from_dict(r) for r in data["results"])
         self.session.collected.update(data["collected"])
         self.session.worker_scopes.append(data["scope"])
+        self.session.worker_suite_scopes.append(data["suite_scope"])
+        self.session.deselected_ids.update(data["deselected"])
 
 
 SESSION_KEY = pytest.StashKey[BudgetSession]()  # the enabled run's state, on config.stash

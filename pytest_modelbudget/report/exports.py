@@ -7,10 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from ..budgets.metrics import METRICS_BY_NAME
 from ..budgets.results import CallResult
+from ..budgets.shards import REPORT_SCHEMA, REPORT_VERSION, RunRecord
 from ..units import format_count
 from .words import verdict_counts, worst_check
-
-JSON_SCHEMA_VERSION = 1
 
 
 def environment() -> dict[str, str]:
@@ -37,9 +36,11 @@ def environment() -> dict[str, str]:
 
 
 def json_report(
-    results: Sequence[CallResult], *, budgets_file: str, env: Mapping[str, str]
+    results: Sequence[CallResult], *, budgets_file: str, env: Mapping[str, str], run: RunRecord
 ) -> dict[str, object]:
-    """The --budget-json document (schema in docs/reference.md)."""
+    """The --budget-json document (schema in docs/reference.md): what a reader wants of each
+    call, and each call's whole result with what the run saw of the suite, so that reports
+    of CI shards merge into one (:mod:`~..budgets.shards`) and two runs compare."""
     calls = []
     for result in sorted(results, key=lambda r: r.key):
         calls.append(
@@ -61,15 +62,17 @@ def json_report(
                 "macs_by_dtype": dict(result.macs_by_dtype),
                 "compiled": result.compiled.to_dict() if result.compiled else None,
                 "memory_by_kind": dict(result.memory_by_kind),
+                "result": result.to_dict(),
             }
         )
     return {
-        "schema": "pytest-modelbudget-report",
-        "version": JSON_SCHEMA_VERSION,
+        "schema": REPORT_SCHEMA,
+        "version": REPORT_VERSION,
         "budgets_file": budgets_file,
         "environment": dict(env),
         "summary": {"calls": len(results), **verdict_counts(results)},
         "calls": calls,
+        "run": run.to_dict(),
     }
 
 
