@@ -7,7 +7,10 @@ report of a zoo of models carries) into a temporary folder, then times, as whole
 - ``merge``: ``python -m pytest_modelbudget merge shard-*.json``, summary only;
 - ``merge --update-budgets``: the same, writing the 5,000 entries to a new budgets.yaml;
 - ``compare``: ``python -m pytest_modelbudget compare`` of two 5,000-call reports
-  (every call grew), with the Markdown comment and the JSON written.
+  (every call grew), with the Markdown comment and the JSON written;
+
+and, in this process, reading and writing the resulting budgets.yaml of 5,000 entries with
+libyaml (what the plugin uses where PyYAML has it) and with PyYAML's pure-Python classes.
 
 Run from the repository root::
 
@@ -125,6 +128,36 @@ def main() -> None:
             print(f"{name:<26} {median:>9.2f} {fastest:>7.2f}  {status}")
         comment = (root / "comment.md").read_text()
         print(f"\ncomment: {len(comment):,} characters (GitHub's limit 65,536)")
+        yaml_costs(root / "new.yaml")
+
+
+def yaml_costs(path: Path) -> None:
+    """Parse and render a large budgets.yaml with libyaml and with pure-Python PyYAML."""
+    import yaml
+
+    from pytest_modelbudget.budgets import baselines, entries
+
+    raw = path.read_bytes()
+    print(f"\nbudgets.yaml of {raw.count(b'convention:')} entries, {len(raw) / 1e6:.1f} MB")
+    print(f"{'':<12} {'parse s':>8} {'render s':>9}")
+    fast_loader, fast_dumper = entries._FastStrictLoader, baselines._DUMPER
+    variants = [
+        ("libyaml", fast_loader, fast_dumper),
+        ("pure Python", entries._StrictSafeLoader, yaml.SafeDumper),
+    ]
+    for name, loader, dumper in variants:
+        if name == "libyaml" and loader is entries._StrictSafeLoader:
+            continue  # PyYAML built without libyaml
+        entries._FastStrictLoader, baselines._DUMPER = loader, dumper
+        start = time.perf_counter()
+        parsed = baselines.parse(raw, str(path))
+        parse_s = time.perf_counter() - start
+        start = time.perf_counter()
+        text = baselines.render(parsed)
+        render_s = time.perf_counter() - start
+        assert text.encode() == raw, "the same bytes from either emitter"
+        print(f"{name:<12} {parse_s:>8.2f} {render_s:>9.2f}")
+    entries._FastStrictLoader, baselines._DUMPER = fast_loader, fast_dumper
 
 
 if __name__ == "__main__":
