@@ -3,7 +3,8 @@
 Importing this package does not import torch (pytest imports plugins on every run);
 ``count`` and ``Counts`` are loaded from :mod:`.core.counting.count` on first use,
 ``count_train_step`` and ``TrainCounts`` from :mod:`.core.training.count`, ``TrainSpec`` from
-:mod:`.core.training.step`.
+:mod:`.core.training.step`, ``register_mac_formula`` (a MAC formula for an op of your own) from
+:mod:`.core.counting.formulas.registry`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .core.counting.count import Counts, count
+    from .core.counting.formulas.registry import register_mac_formula
     from .core.training.count import TrainCounts, count_train_step
     from .core.training.step import TrainSpec
 
-__all__ = ["Counts", "TrainCounts", "TrainSpec", "__version__", "count", "count_train_step"]
+__all__ = [
+    "Counts",
+    "TrainCounts",
+    "TrainSpec",
+    "__version__",
+    "count",
+    "count_train_step",
+    "register_mac_formula",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +39,10 @@ def __getattr__(name: str) -> Any:
         from .core.training import count as training
 
         return getattr(training, name)
+    if name == "register_mac_formula":
+        from .core.counting.formulas.registry import register_mac_formula
+
+        return register_mac_formula
     if name == "TrainSpec":
         from .core.training.step import TrainSpec
 

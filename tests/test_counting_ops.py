@@ -584,6 +584,10 @@ def _x(*shape: int, **options: Any) -> Callable[[], torch.Tensor]:
     return lambda: _meta(*shape, **options)
 
 
+def _offs(groups: int) -> Callable[[], torch.Tensor]:
+    return lambda: torch.empty(groups, dtype=torch.int32, device="meta")
+
+
 IMAGE = (2, 3, 4, 5)
 LAYOUTS = ["contiguous", "channels_last"]
 UNARY = [getattr(aten, name) for name in shape_rules._UNARY]
@@ -687,6 +691,18 @@ ACCEPTED: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
     (aten.bmm.default, (_x(2, 3, 5, layout="permuted"), _x(2, 5, 4)), {}),
     (aten.baddbmm.default, (_x(2, 3, 4), _x(2, 3, 5), _x(2, 5, 4)), {}),
     (aten.baddbmm.default, (_x(4), _x(2, 3, 5), _x(2, 5, 4)), {"beta": 0.0}),
+    # Grouped matmuls (mixture of experts): in bfloat16, which the meta kernel takes.
+    (
+        aten._grouped_mm.default,
+        (_x(16, 32, dtype=torch.bfloat16), _x(4, 32, 8, dtype=torch.bfloat16), _offs(4)),
+        {},
+    ),
+    (aten._grouped_mm.default, (_x(4, 6, 32, dtype=torch.bfloat16), _x(4, 32, 8, dtype=torch.bfloat16)), {}),
+    (
+        aten._grouped_mm.default,
+        (_x(8, 64, dtype=torch.bfloat16), _x(64, 16, dtype=torch.bfloat16), _offs(4)),
+        {},
+    ),
     *(
         (
             aten.convolution.default,
@@ -797,6 +813,13 @@ DECLINED: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
     (aten.mm.default, (_x(3, 5), _x(5, 4, dtype=torch.float16)), {}),
     (aten.addmm.default, (_x(3, 5), _x(3, 5), _x(5, 4)), {}),
     (aten.bmm.default, (_x(2, 3, 5), _x(3, 5, 4)), {}),
+    (
+        aten._grouped_mm.default,
+        (_x(16, 32), _x(4, 32, 8, dtype=torch.bfloat16), _offs(4)),
+        {},
+    ),  # mixed dtypes
+    (aten._grouped_mm.default, (_x(16, 32), _x(4, 32, 8)), {}),  # 2D x 3D needs offs
+    (aten._grouped_mm.default, (_x(16, 32), _x(4, 32, 8), _offs(4), _x(8)), {}),  # a bias
     (
         aten.convolution.default,
         (_x(1, 3, 5, 5), _x(4, 2, 3, 3), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1),

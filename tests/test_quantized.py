@@ -322,7 +322,7 @@ def test_dynamic_float16_rnn_counts_in_float16() -> None:
 
 def test_a_formula_that_fails_is_reported_as_ours(monkeypatch: pytest.MonkeyPatch) -> None:
     from pytest_modelbudget.core.counting import dispatch
-    from pytest_modelbudget.core.counting import formulas as mac_formulas
+    from pytest_modelbudget.core.counting.formulas import registry as mac_formulas
     from pytest_modelbudget.errors import MeasurementError
 
     def broken(*_: object, **__: object) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_modelbudget.core.counting import formulas as mac_formulas
+from pytest_modelbudget.core.counting.formulas import registry as mac_formulas
 from pytest_modelbudget.core.counting import shape_rules
 
 aten = torch.ops.aten

@@ -76,6 +76,17 @@ ROWS: tuple[Metric, ...] = (
         module_figure="params",
     ),
     Metric(
+        "active_params",
+        "max_active_params",
+        "count",
+        "parameters one token passes through: of a mixture of experts, only the k experts its router picks",
+        read=lambda r: r.counts.active_params,
+        ratcheted=True,
+        label="active params",
+        # Kept only for mixtures of experts: for a dense model it would repeat `params`.
+        stored_if=lambda values: values["active_params"] != values["params"],
+    ),
+    Metric(
         "size",
         "max_size",
         "bytes",

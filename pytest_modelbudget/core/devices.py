@@ -193,10 +193,13 @@ def autocast_dtype(autocast: bool | str, device: torch.device) -> str | None:
 def repeated_forward(
     model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], device: torch.device, autocast: str | None
 ) -> Iterator[Callable[[], object]]:
-    """The forward a run on ``device`` repeats (:func:`forward_on`), in inference mode."""
+    """The forward a run on ``device`` repeats (:func:`forward_on`), in inference mode; what
+    the calls change in their inputs (a decode step's KV cache) is put back after."""
     import torch
 
-    with torch.inference_mode():
+    from .model_state import inputs_left_as_they_were
+
+    with inputs_left_as_they_were((args, kwargs), restore_values=True), torch.inference_mode():
         yield forward_on(model, args, kwargs, device, autocast)
 
 

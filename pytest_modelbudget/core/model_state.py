@@ -112,3 +112,63 @@ def _restore(module: torch.nn.Module, saved: _Snapshot) -> None:
 
 
 _MISSING = object()
+
+
+# -- the inputs ------------------------------------------------------------------------
+
+# Plain values: nothing inside them a forward could change.
+_ATOMS = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size)
+_WALKED = 10_000  # objects at most: a cache or a config is small; an object graph may not be
+
+
+@contextmanager
+def inputs_left_as_they_were(inputs: Any, *, restore_values: bool) -> Iterator[None]:
+    """Snapshot what a forward could change in its inputs; restore it after, also when it raises.
+
+    A decode step's KV cache is the example: the forward appends the new keys and values to
+    the user's cache object (on a count on meta, as meta tensors). Restored are the contents
+    of every list and dict and the attributes of every plain object reachable from the inputs
+    (a HF ``DynamicCache`` and its layers); with ``restore_values`` (a forward on real
+    tensors), also the values of the input tensors it changed in place. Modules are left to
+    :func:`model_left_as_it_was`.
+    """
+    containers: list[tuple[Any, Any]] = []
+    tensors: list[tuple[torch.Tensor, int, torch.Tensor | None]] = []
+    seen: set[int] = set()
+    pending = [inputs]
+    while pending and len(seen) < _WALKED:
+        value = pending.pop()
+        if isinstance(value, _ATOMS) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            snapshot = value.detach().clone() if restore_values and not value.is_meta else None
+            tensors.append((value, value._version, snapshot))
+        elif isinstance(value, list):
+            containers.append((value, list(value)))
+            pending.extend(value)
+        elif isinstance(value, dict):
+            containers.append((value, dict(value)))
+            pending.extend(value.values())
+        elif isinstance(value, tuple):
+            pending.extend(value)
+        elif isinstance(value, torch.nn.Module) or callable(value) or not hasattr(value, "__dict__"):
+            continue
+        else:
+            attributes = vars(value)
+            containers.append((value, dict(attributes)))
+            pending.extend(attributes.values())
+    try:
+        yield
+    finally:
+        for container, saved in containers:
+            if isinstance(container, list):
+                container[:] = saved
+            else:
+                contents = container if isinstance(container, dict) else vars(container)
+                contents.clear()
+                contents.update(saved)
+        with torch.no_grad():
+            for tensor, version, snapshot in tensors:
+                if snapshot is not None and tensor._version != version:
+                    tensor.copy_(snapshot)

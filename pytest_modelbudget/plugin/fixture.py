@@ -66,6 +66,7 @@ class ModelBudget:
         __tracebackhide__ = True
         kwargs = dict(kwargs or {})
         key = self._register_call(name)
+        model = _runnable(model)
         self._require_inputs(model, args, kwargs, "model_budget")
         if self._session is None:
             model(*args, **kwargs)
@@ -217,6 +218,15 @@ class ModelBudget:
             reporter.write_line(f"  [model_budget] {nodeid}: {message}")
 
         return say
+
+
+def _runnable(model: Any) -> Any:
+    """An ``ExportedProgram`` (not callable itself) as the module it runs; anything else as it is."""
+    if type(model).__name__ != "ExportedProgram":
+        return model
+    from ..core.counting.exported import as_module
+
+    return as_module(model)
 
 
 def _forward_error(error: BaseException, key: str, what: str = "forward") -> str:

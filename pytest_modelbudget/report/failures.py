@@ -8,7 +8,7 @@ from ..budgets.checks import Check, StrictRule
 from ..budgets.metrics import METRICS_BY_NAME
 from ..budgets.results import CallResult
 from ..units import format_change, format_count
-from .words import describe, graph_break_lines, memory_breakdown, update_command, zero_macs
+from .words import describe, formula_hint, graph_break_lines, memory_breakdown, update_command, zero_macs
 
 _MODULES_SHOWN = 3
 
@@ -44,6 +44,9 @@ def failure_lines(result: CallResult, budgets_file: str) -> Iterator[str]:
         elif rule == StrictRule.UNCOUNTED_OPS:
             ops = ", ".join(f"{op} x{n}" for op, n in result.uncounted.items())
             yield f"--budget-strict: ops with arithmetic the counter cannot count: {ops}"
+            hint = formula_hint(result.uncounted)
+            if hint:
+                yield f"  {hint}"
         else:
             for line in _inconclusive_lines(result):
                 yield f"--budget-strict: inconclusive timing is a failure: {line}"

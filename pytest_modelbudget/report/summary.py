@@ -10,7 +10,7 @@ from ..budgets.results import CallResult
 from ..calls.common import beyond_float32
 from ..units import format_count, format_duration
 from .text_table import text_table
-from .words import COUNTED_ORDER, dtype_shares, verdict_counts, worst_check, zero_macs
+from .words import COUNTED_ORDER, dtype_shares, formula_hint, verdict_counts, worst_check, zero_macs
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,16 @@ def summary_lines(
     timed = any(r.timing for r in results)
     # The dtypes MACs ran in, only in a run where some did not run in float32.
     typed = any(beyond_float32(r.macs_by_dtype) for r in results)
+    # Active parameters, only in a run with a mixture of experts (elsewhere they are `params`).
+    routed = any(
+        r.metrics.get("active_params", r.metrics.get("params")) != r.metrics.get("params") for r in results
+    )
     headers = (
         "test",
         "MACs",
         *(("MAC dtypes",) if typed else ()),
         "params",
+        *(("active",) if routed else ()),
         "size",
         *(("latency",) if timed else ()),
         "closest budget",
@@ -61,6 +66,7 @@ def summary_lines(
                 format_count(result.metrics["macs"]),
                 *((dtype_shares(result.macs_by_dtype),) if typed else ()),
                 format_count(result.metrics["params"]),
+                *((_active(result),) if routed else ()),
                 METRICS_BY_NAME["size"].format(result.metrics["size"]),
                 *((_latency(result),) if timed else ()),
                 closest,
@@ -78,6 +84,9 @@ def summary_lines(
         yield "ops with arithmetic but no MAC formula (not counted): " + ", ".join(
             f"{op} x{n}" for op, n in uncounted.items()
         )
+        hint = formula_hint(uncounted)
+        if hint:
+            yield f"  {hint}"
     for result in results:
         if result.counted_nothing:
             yield f"WARNING: {zero_macs(result)}"
@@ -100,6 +109,11 @@ def summary_lines(
         else:
             yield f"{noun} in {budgets_file} (no such test): " + ", ".join(stale)
             yield "  stale entries are removed only by --update-budgets over the whole suite"
+
+
+def _active(result: CallResult) -> str:
+    active = result.metrics.get("active_params")
+    return "?" if active is None else format_count(active)
 
 
 def _latency(result: CallResult) -> str:

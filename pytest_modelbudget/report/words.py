@@ -98,3 +98,19 @@ def verdict_counts(results: Sequence[CallResult]) -> dict[str, int]:
     for result in results:
         counts[result.verdict.value] += 1
     return counts
+
+
+# Namespaces of PyTorch's own ops: an uncounted op elsewhere is the user's (or a library's).
+_TORCH_NAMESPACES = ("aten.", "prims.", "prim.", "quantized.", "higher_order.", "_quantized.")
+
+
+def formula_hint(uncounted: Mapping[str, int]) -> str:
+    """How to give a formula to uncounted ops of the user's own (custom and Triton ops)."""
+    own = sorted(op for op in uncounted if not op.startswith(_TORCH_NAMESPACES))
+    if not own:
+        return ""
+    name = own[0].replace(".", "::", 1)
+    return (
+        f"give {', '.join(own)} a formula: pytest_modelbudget.register_mac_formula({name!r}, "
+        "lambda *args, out: ...), or register_flop_formula from torch.utils.flop_counter"
+    )

@@ -22,9 +22,10 @@ it raises.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,9 @@ from torch.utils._pytree import tree_map_only
 
 from ...errors import MeasurementError
 from ..devices import autocast_to
-from ..model_state import Inventory, model_left_as_it_was
-from .dispatch import CountingMode, MetaArguments, OpRecord
+from ..model_state import Inventory, inputs_left_as_they_were, model_left_as_it_was
+from .dispatch import CountingMode, MetaArguments, OpRecord, counting_mode
+from .exported import as_module, placed_forward
 from .formulas import CONVENTION
 from .held import packed_tensors, storage_bytes
 
@@ -80,6 +82,11 @@ class Counts:
     peak_memory: int = 0
     # MACs by the dtype they ran in (float32, bfloat16, int8, ...); sums to ``macs``.
     macs_by_dtype: Mapping[str, int] = field(default_factory=dict)
+    # Parameters one token passes through: all of them, but of a mixture-of-experts bank
+    # only the k of E experts its router picks (:mod:`.experts`); None when a bank has no
+    # router the counter can see, whose modules ``unrouted`` names.
+    active_params: int | None = None
+    unrouted: tuple[str, ...] = ()
     ops: tuple[OpRecord, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -116,6 +123,7 @@ def count(
     forward under ``torch.autocast`` on the model's device, so ops count in the dtypes
     autocast picks; autocast acts on real tensors only, so it counts on real ones.
     """
+    model = as_module(model)
     require_module(model)
     if execution not in EXECUTION_MODES:
         raise MeasurementError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
@@ -155,21 +163,42 @@ def _count_forward(
     autocast: str | None = None,
 ) -> Counts:
     inventory = Inventory.of(model)
-    mode = CountingMode(to_meta=to_meta)
+    mode = counting_mode(to_meta=to_meta)
+    mode.parameter_ids = frozenset(id(p) for _, p in inventory.parameters)
     tracker = ModuleTracker({id(module): path for path, module in inventory.modules})
-    with model_left_as_it_was(inventory, restore_values=not to_meta):
+    with (
+        model_left_as_it_was(inventory, restore_values=not to_meta),
+        inputs_left_as_they_were((args, kwargs), restore_values=not to_meta),
+    ):
         if to_meta:
-            args = tree_map_only(torch.Tensor, mode.meta_tensor, args)
-            kwargs = tree_map_only(torch.Tensor, mode.meta_tensor, kwargs)
+            args, kwargs = meta_inputs((args, kwargs), mode)
         # A function mode costs every torch call in the forward a Python round trip, so
         # it is only pushed where it is needed (see MetaArguments).
         has_rnn = any(isinstance(module, torch.nn.RNNBase) for _, module in inventory.modules)
         function_mode = MetaArguments(mode) if to_meta and has_rnn else nullcontext()
         device_type = device_of(inventory, args).split(":")[0]
+        forward = placed_forward(model, tracker.placed) or model
         with torch.no_grad(), tracker, function_mode, autocast_to(device_type, autocast), mode:
             mode.current_module = tracker.current
-            model(*args, **kwargs)
+            forward(*args, **kwargs)
     return assemble_counts(model, inventory, mode, "meta" if to_meta else device_of(inventory, args))
+
+
+def meta_inputs(inputs: Any, mode: CountingMode) -> Any:
+    """The inputs with meta twins of their tensors, a flex_attention BlockMask's included."""
+    from .higher_order import meta_block_mask
+
+    def twin(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return mode.meta_tensor(value)
+        return meta_block_mask(value, mode.meta_tensor)
+
+    return tree_map_only((torch.Tensor, *_block_mask_type()), twin, inputs)
+
+
+def _block_mask_type() -> tuple[type, ...]:
+    flex = sys.modules.get("torch.nn.attention.flex_attention")
+    return (flex.BlockMask,) if flex is not None else ()
 
 
 def device_of(inventory: Inventory, args: tuple[Any, ...]) -> str:
@@ -218,6 +247,8 @@ def assemble_counts(
         executed_on=executed_on,
         peak_memory=mode.memory.peak,
         macs_by_dtype=dict(sorted(mode.macs_by_dtype.items())),
+        active_params=mode.experts.active_params(params),
+        unrouted=tuple(mode.experts.unrouted),
         ops=tuple(mode.ops),
     )
 
@@ -248,6 +279,15 @@ class ModuleTracker:
 
     def _exit(self, _module: torch.nn.Module, _args: Any, _out: Any) -> None:
         if len(self._stack) > 1:
+            self._stack.pop()
+
+    @contextmanager
+    def placed(self, path: str) -> Iterator[None]:
+        """Ops run in this block belong to the module at ``path`` (an exported graph's node)."""
+        self._stack.append(path)
+        try:
+            yield
+        finally:
             self._stack.pop()
 
     def __enter__(self) -> ModuleTracker:

@@ -15,6 +15,7 @@ their real arguments.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 import weakref
@@ -29,9 +30,12 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...errors import MeasurementError
-from .formulas import Formula, compute_dtype, mac_formula
+from . import higher_order
+from .experts import ExpertTracker
+from .formulas import Formula, compute_dtype, is_mac_free, mac_formula
+from .formulas.registry import generation as formula_generation
 from .held import unpacked
-from .mac_free import is_mac_free
+from .higher_order import is_higher_order
 from .shape_rules import meta_outputs
 
 
@@ -142,7 +146,13 @@ class _OpInfo:
 _OP_INFO: dict[Any, _OpInfo] = {}
 
 
+_OP_INFO_GENERATION = [formula_generation()]  # the registry's, when _OP_INFO was filled
+
+
 def _op_info(func: Any) -> _OpInfo:
+    if _OP_INFO_GENERATION[0] != formula_generation():  # a formula was registered since
+        _OP_INFO.clear()
+        _OP_INFO_GENERATION[0] = formula_generation()
     info = _OP_INFO.get(func)
     if info is None:
         name = func.overloadpacket.__name__
@@ -251,6 +261,9 @@ _DYNAMO_CACHE = "__dynamo_disable"  # the attribute torch._compile._disable_dyna
 class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts each ATen op; in meta mode also swaps real tensors for meta ones."""
 
+    # Higher-order operators (flex_attention, cond, ...) come through __torch_dispatch__ too.
+    supports_higher_order_operators = True
+
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         # TorchDispatchMode wraps a subclass's __torch_dispatch__ in torch._dynamo.disable,
@@ -273,6 +286,12 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         # id(real tensor) -> (real tensor, meta twin). Holding the real tensor keeps
         # its id from being reused by a new tensor during the count.
         self._meta_twins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.real_of: dict[int, torch.Tensor] = {}  # id(meta twin) -> the real tensor
+        # The tensors that are the model's parameters (ids), and its mixture-of-experts banks
+        # and routers as the forward uses them (for the active parameters).
+        self.parameter_ids: frozenset[int] = frozenset()
+        self.experts = ExpertTracker()
+        self._entered: list[contextlib.ExitStack] = []
         # signature -> (output template, cost): on meta, outputs and costs depend only
         # on the signature, so repeated layers skip the meta kernels. One cache per
         # count: a second count of the same model starts from scratch.
@@ -286,7 +305,16 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             meta = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
             twin = (tensor, meta)
             self._meta_twins[id(tensor)] = twin
+            self.real_of[id(meta)] = tensor
         return twin[1]
+
+    def _parameter_of(self, tensor: Any) -> torch.Tensor | None:
+        """The model's parameter that ``tensor`` is, or is a view of (its meta twin too)."""
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        base = tensor._base if tensor._base is not None else tensor
+        real = self.real_of.get(id(base), base)
+        return real if id(real) in self.parameter_ids else None
 
     def to_meta_args(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -316,7 +344,11 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if is_higher_order(func):
+            return higher_order.run(self, func, args, kwargs)
         info = _op_info(func)
+        if func in ExpertTracker.WATCHED:
+            self.experts.saw(func, args, self.current_module(), self._parameter_of)
         out = self._run_meta(func, info, args, kwargs) if self.to_meta else func(*args, **kwargs)
         if not self.to_meta:
             self._record(self._costs(func, info, args, kwargs, out))
@@ -376,6 +408,28 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         compute = compute_dtype(func, _first_tensor(args), kwargs.get("dtype")) if macs else "none"
         return _OpCost(info.name, macs, traffic, dtype, counted, compute)
 
+    def record_call(self, name: str, macs: int, args: Any, out: Any, *, counted: bool) -> None:
+        """Records one call that is not an ATen op (a higher-order operator) like one."""
+        typed = _first_tensor(out) if _first_tensor(out) is not None else _first_tensor(args)
+        dtype = dtype_name(typed.dtype) if typed is not None else "none"
+        self._record(
+            _OpCost(name, macs, _memory_traffic(args, {}, out), dtype, counted, dtype if macs else "none")
+        )
+        self.memory.allocated(out)
+
+    def __enter__(self) -> CountingMode:
+        entered = contextlib.ExitStack()
+        entered.enter_context(higher_order.flex_attention_countable())
+        self._entered.append(entered)
+        super().__enter__()  # type: ignore[no-untyped-call]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)  # type: ignore[no-untyped-call]
+        finally:
+            self._entered.pop().close()
+
     def _record(self, cost: _OpCost) -> None:
         module = self.current_module()
         if not cost.counted:
@@ -385,6 +439,28 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         if cost.macs:
             self.macs_by_dtype[cost.compute] += cost.macs
         self.ops.append(OpRecord(module, cost.name, cost.macs, cost.traffic, cost.dtype))
+
+
+class _DynamoSafeCountingMode(CountingMode):  # type: ignore[no-untyped-call]
+    """The mode once torch._dynamo is loaded: its ``__torch_dispatch__`` disabled for dynamo.
+
+    Some higher-order operators (``torch.cond``, ``while_loop``) run eagerly through
+    ``torch.compile``, which leaves a frame under a dispatch mode to run as it is -- but the
+    mode's own ``__torch_dispatch__`` runs with the mode popped, and would be traced. Wrapping
+    it costs the import of torch._dynamo, paid here only where it is loaded already.
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return True
+
+    __torch_dispatch__ = CountingMode.__torch_dispatch__  # wrapped by TorchDispatchMode
+
+
+def counting_mode(*, to_meta: bool, memory: Any = None) -> CountingMode:
+    """A :class:`CountingMode` -- dynamo-safe where torch._dynamo is loaded."""
+    kind = _DynamoSafeCountingMode if "torch._dynamo" in sys.modules else CountingMode
+    return kind(to_meta=to_meta, memory=memory)
 
 
 # Composite ops that compare the devices of their arguments before any of their ATen

@@ -342,6 +342,27 @@ def _bmm(a: Any, b: Any) -> torch.Tensor | None:
     return _matmul_out((int(a.shape[0]), int(a.shape[1]), int(b.shape[2])), dtype)
 
 
+@_rule(aten._grouped_mm.default)
+def _grouped_mm(
+    a: Any, b: Any, offs: Any = None, bias: Any = None, out_dtype: Any = None
+) -> torch.Tensor | None:
+    # Not a shortcut but a stand-in: the meta kernel checks the dtypes the CUDA kernel takes
+    # (bfloat16, float16) and refuses float32, which the CPU kernel multiplies (a float32
+    # mixture-of-experts model). The output is the meta kernel's own, for any float dtype.
+    dtype = _same_floating_dtype(a, b)
+    if dtype is None or bias is not None or out_dtype not in (None, dtype):
+        return None
+    if a.dim() not in (2, 3) or b.dim() not in (2, 3) or ((a.dim() == 2 or b.dim() == 2) and offs is None):
+        return None
+    if a.dim() == 3 and b.dim() == 3 and (offs is not None or a.shape[0] != b.shape[0]):
+        return None
+    if not (a.dim() == 2 and b.dim() == 2) and a.shape[-1] != b.shape[-2]:
+        return None
+    from torch._meta_registrations import _create_grouped_mm_output_tensor
+
+    return _create_grouped_mm_output_tensor(a, b, offs, dtype)  # type: ignore[no-untyped-call,no-any-return]
+
+
 @_rule(aten.baddbmm.default)
 def _baddbmm(bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> torch.Tensor | None:
     out = _bmm(a, b)

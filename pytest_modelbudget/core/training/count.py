@@ -34,7 +34,7 @@ from torch.utils._pytree import tree_leaves
 
 from ...errors import MeasurementError
 from ..counting.count import Counts, ModuleTracker, assemble_counts, device_of
-from ..counting.dispatch import CountingMode, MetaArguments
+from ..counting.dispatch import MetaArguments, counting_mode
 from ..model_state import Inventory, model_left_as_it_was
 from .memory import MEMORY_KINDS, StepMemory
 from .optimizers import optimizer_factory
@@ -131,13 +131,15 @@ def _count_step(
 
         tracker = _StepTracker({id(module): path for path, module in inventory.modules})
         modes = {
-            phase: CountingMode(to_meta=to_meta, memory=memory) for phase in ("forward", "loss", "backward")
+            phase: counting_mode(to_meta=to_meta, memory=memory) for phase in ("forward", "loss", "backward")
         }
         # The optimizer's step counters live on the CPU and are read with .item(): its
         # tensors are never swapped (the parameters and their state are meta already).
-        modes["optimizer"] = CountingMode(to_meta=False, memory=memory)
+        modes["optimizer"] = counting_mode(to_meta=False, memory=memory)
         for mode in modes.values():
             mode.current_module = tracker.current
+        # The step's parameters are the twins bound in the real ones' place.
+        modes["forward"].parameter_ids = frozenset(id(t) for t in twins.parameters)
         has_rnn = any(isinstance(module, torch.nn.RNNBase) for _, module in inventory.modules)
         # The twins stay bound through the backward too: a checkpointed segment runs its
         # forward again there, and must meet the twins, not the real parameters.

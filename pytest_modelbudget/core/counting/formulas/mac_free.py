@@ -1,6 +1,6 @@
 """The ops that do no multiply-accumulates under the convention: the other half of the MAC registry.
 
-An op the counter sees is priced by a formula (:mod:`.formulas`), known to do no
+An op the counter sees is priced by a formula (:mod:`.registry`), known to do no
 MACs (this module: normalisation, pooling, reductions, softmax, data movement, their
 backward ops, and everything ATen tags pointwise or view), or listed as uncounted.
 """
@@ -77,6 +77,8 @@ _MAC_FREE_NAMES = frozenset(
     native_dropout_backward embedding_backward sum_to_size
     _record_function_enter _record_function_enter_new _record_function_exit
     select_backward slice_backward diagonal_backward unfold_backward index_select_backward
+    index_add_ index_copy_ index_fill index_fill_ index_reduce scatter_ scatter_add_ scatter_reduce_
+    masked_scatter_ floor_divide floor_divide_ histc bincount aminmax device is_nonzero
     """.split()
 )
 
