@@ -437,3 +437,26 @@ def test_a_triton_op_counts_on_meta_with_its_formula() -> None:
     register_mac_formula("modelbudget_test::scaled_rows", lambda x, w, *, out: x.shape[0] * w.numel())
     counts = count(CustomOpModel(scaled_rows), (torch.randn(4, 16),), execution="meta")
     assert (counts.macs, counts.executed_on, counts.uncounted) == (4 * 16 * 8, "meta", {})
+
+
+def test_a_count_says_why_it_could_not_run_on_meta() -> None:
+    # The eager experts loop asks which experts were hit (nonzero): a value meta cannot give.
+    counts = count(_build("mixtral", experts_implementation="eager"), (torch.randint(0, 128, (1, 8)),))
+    assert counts.executed_on == "cpu" and "nonzero" in counts.meta_refused
+    assert count(_build("mixtral"), (torch.randint(0, 128, (1, 8)),)).meta_refused == ""
+
+
+def test_profile_shows_and_suggests_active_params(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_modelbudget.cli.profile import run
+
+    (tmp_path / "moe_factory.py").write_text(
+        "import transformers\n"
+        "def build():\n"
+        "    return transformers.MixtralForCausalLM(transformers.MixtralConfig(vocab_size=128, "
+        "hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, "
+        "intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lines = list(run("moe_factory:build", ["1x16:int64"], depth=1, device="cpu", headroom="10%"))
+    assert any(line.strip().startswith("active params") and "(39,328) per token" in line for line in lines)
+    assert 'max_active_params="43.3k"' in lines[-1]

@@ -130,6 +130,10 @@ def suggest_limits(counts: Counts, headroom: float, train: TrainCounts | None = 
         if measured[name] > 0:
             metric = METRICS_BY_NAME[name]
             limits[metric.keyword] = round_up_si(measured[name] * (1.0 + headroom), metric.unit)
+    # A mixture of experts: its active parameters per token too (more experts per token).
+    if counts.active_params is not None and counts.active_params != counts.params:
+        active = METRICS_BY_NAME["active_params"]
+        limits[active.keyword] = round_up_si(counts.active_params * (1.0 + headroom), active.unit)
     # A quantized (or float8) model: keep its MACs out of float, at its float share now.
     if set(counts.macs_by_dtype) - FLOAT_DTYPES:
         in_float = float_macs(counts.macs_by_dtype)

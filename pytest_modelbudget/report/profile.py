@@ -32,6 +32,8 @@ def render_lines(profile: Profile) -> Iterator[str]:
     train = profile.train
     mode = f"one training step (optimizer {train.optimizer})" if train else "eval mode"
     yield f"{profile.target}, inputs {inputs}, {mode}, counted on {counts.executed_on}"
+    if counts.meta_refused:
+        yield f"  (not on meta: {counts.meta_refused})"
     for note in profile.notes:
         yield f"note: {note}"
     yield ""
@@ -157,6 +159,11 @@ def _totals(profile: Profile) -> Iterator[str]:
         ),
         ("FLOPs", f"{format_count(counts.flops)} ({counts.flops:,})"),
         ("params", f"{format_count(counts.params)} ({counts.params:,})"),
+        *(
+            [("active params", f"{_active(counts.active_params)} per token (mixture of experts)")]
+            if counts.active_params != counts.params
+            else []
+        ),
         ("trainable", f"{format_count(counts.trainable_params)} ({counts.trainable_params:,})"),
         ("size", f"{format_bytes(counts.size_bytes)} ({counts.size_bytes:,} bytes" + _paren(size_detail)),
         ("memory traffic", f"{format_bytes(counts.memory_traffic)} ({counts.memory_traffic:,} bytes)"),
@@ -183,6 +190,8 @@ def to_json(profile: Profile) -> dict[str, Any]:
         "inputs": [{"shape": list(spec.shape), "dtype": spec.dtype} for spec in profile.inputs],
         "device": profile.device,
         "executed_on": counts.executed_on,
+        "meta_refused": counts.meta_refused,
+        "active_params": counts.active_params,
         "convention": counts.convention,
         "depth": profile.depth,
         "totals": {
@@ -248,6 +257,14 @@ def _train_json(train: TrainCounts) -> dict[str, Any]:
         "optimizer_traffic": train.optimizer_traffic,
         "executed_on": train.executed_on,
     }
+
+
+def _active(active: int | None) -> str:
+    return (
+        "unknown (an expert bank without a router the counter can see)"
+        if active is None
+        else (f"{format_count(active)} ({active:,})")
+    )
 
 
 def _share(part: int, whole: int) -> str:

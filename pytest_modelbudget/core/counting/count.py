@@ -26,7 +26,7 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -87,6 +87,9 @@ class Counts:
     # router the counter can see, whose modules ``unrouted`` names.
     active_params: int | None = None
     unrouted: tuple[str, ...] = ()
+    # Why an "auto" count ran on real tensors: the error the forward raised on meta ("" when
+    # it ran on meta, or was asked to run on real tensors).
+    meta_refused: str = ""
     ops: tuple[OpRecord, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -134,6 +137,7 @@ def count(
                 "autocast acts on real tensors only: count with execution='real' or 'auto'"
             )
         return _count_forward(model, args, kwargs, to_meta=False, autocast=autocast)
+    refused = ""
     if execution in ("auto", "meta"):
         try:
             return _count_forward(model, args, kwargs, to_meta=True)
@@ -143,7 +147,14 @@ def count(
                     f"the forward cannot run on the meta device ({type(error).__name__}: "
                     f"{error}); count with execution='real'"
                 ) from error
-    return _count_forward(model, args, kwargs, to_meta=False)
+            refused = _first_line(error)
+    return replace(_count_forward(model, args, kwargs, to_meta=False), meta_refused=refused)
+
+
+def _first_line(error: BaseException) -> str:
+    """Why a forward could not run on meta, in a line (``aten.nonzero``: data-dependent, say)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
 def require_module(model: object) -> None:
