@@ -116,6 +116,8 @@ def _memory_traffic(args: Any, kwargs: Mapping[str, Any], out: Any) -> int:
     return sum(map(_touched_bytes, reads)) + sum(map(_touched_bytes, writes))
 
 
+_TO_COPY = torch.ops.aten._to_copy.default
+
 # Ops that produce their result without moving data: allocation, aliasing, and views
 # that are not flagged as views (``_unsafe_view``) or change a tensor's view in place.
 _NO_TRAFFIC = frozenset(
@@ -357,6 +359,10 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         return out
 
     def _run_meta(self, func: Any, info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if func is _TO_COPY and kwargs.get("device") is not None:
+            # A move to a real device (``.to(model.device)``, ``.cpu()``) stays on meta: it
+            # copies nothing a count could use, and a meta tensor has no data to copy out.
+            kwargs = {**kwargs, "device": torch.device("meta")}
         if info.plan is None:  # views and the like: their outputs alias inputs, never cached
             args = self.to_meta_args(args)
             kwargs = {k: self.to_meta_args(v) for k, v in kwargs.items()}
