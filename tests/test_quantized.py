@@ -147,6 +147,10 @@ def test_torchao_int8_models_count_like_the_float_twin(config: str) -> None:
     # Weight-only dequantizes and multiplies in float; dynamic multiplies int8 by int8.
     expected = "float32" if config == "Int8WeightOnlyConfig" else "int8"
     assert counts.macs_by_dtype == {expected: counts.macs}
+    # Counted where it runs: torchao picks its kernels by device (meta would take another path).
+    assert counts.executed_on == "cpu" and "tensor subclasses" in counts.meta_refused
+    # On meta when asked: its int8 matmuls in out_dtype (a higher-order operator) are counted.
+    assert count(model, (x,), execution="meta").macs == twin.macs
 
 
 def test_quantized_conv_and_linear_formulas_match_the_float_ops() -> None:
@@ -321,7 +325,7 @@ def test_dynamic_float16_rnn_counts_in_float16() -> None:
 
 
 def test_a_formula_that_fails_is_reported_as_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_modelbudget.core.counting import dispatch
+    from pytest_modelbudget.core.counting import op_facts
     from pytest_modelbudget.core.counting.formulas import registry as mac_formulas
     from pytest_modelbudget.errors import MeasurementError
 
@@ -329,7 +333,7 @@ def test_a_formula_that_fails_is_reported_as_ours(monkeypatch: pytest.MonkeyPatc
         raise ZeroDivisionError("a bug in a formula")
 
     monkeypatch.setitem(mac_formulas._FORMULAS, torch.ops.aten.addmm, broken)
-    monkeypatch.setattr(dispatch, "_OP_INFO", {})  # looked up afresh
+    monkeypatch.setattr(op_facts, "_OP_INFO", {})  # looked up afresh
     with pytest.raises(
         MeasurementError, match=r"internal error in pytest-modelbudget: the MAC formula of aten\.addmm"
     ):

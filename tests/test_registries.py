@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_modelbudget.core.counting.formulas import registry as mac_formulas
 from pytest_modelbudget.core.counting import shape_rules
+from pytest_modelbudget.core.counting.formulas import registry as mac_formulas
 
 aten = torch.ops.aten
 

@@ -38,7 +38,7 @@ from ..model_state import Inventory, inputs_left_as_they_were, model_left_as_it_
 from .dispatch import CountingMode, MetaArguments, OpRecord, counting_mode
 from .exported import as_module, placed_forward
 from .formulas import CONVENTION
-from .held import packed_tensors, storage_bytes
+from .held import SUBCLASS_WEIGHTS, has_subclass_weights, packed_tensors, storage_bytes
 
 __all__ = ["EXECUTION_MODES", "Counts", "ModuleStats", "ModuleTracker", "OpRecord", "count"]
 
@@ -138,6 +138,8 @@ def count(
             )
         return _count_forward(model, args, kwargs, to_meta=False, autocast=autocast)
     refused = ""
+    if execution == "auto" and has_subclass_weights(model):
+        return replace(_count_forward(model, args, kwargs, to_meta=False), meta_refused=SUBCLASS_WEIGHTS)
     if execution in ("auto", "meta"):
         try:
             return _count_forward(model, args, kwargs, to_meta=True)

@@ -32,10 +32,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...errors import MeasurementError
 from . import higher_order
 from .experts import ExpertTracker
-from .formulas import Formula, compute_dtype, is_mac_free, mac_formula
-from .formulas.registry import generation as formula_generation
+from .formulas import compute_dtype
 from .held import unpacked
 from .higher_order import is_higher_order
+from .op_facts import OpInfo, op_info
 from .shape_rules import meta_outputs
 
 
@@ -117,70 +117,6 @@ def _memory_traffic(args: Any, kwargs: Mapping[str, Any], out: Any) -> int:
 
 
 _TO_COPY = torch.ops.aten._to_copy.default
-
-# Ops that produce their result without moving data: allocation, aliasing, and views
-# that are not flagged as views (``_unsafe_view``) or change a tensor's view in place.
-_NO_TRAFFIC = frozenset(
-    """
-    empty empty_strided empty_like new_empty new_empty_strided detach alias lift_fresh
-    _unsafe_view _reshape_alias resize_ set_
-    """.split()
-)
-
-
-@dataclass(frozen=True)
-class _OpInfo:
-    """What the counter needs to know about an ATen overload, whatever its arguments."""
-
-    name: str
-    formula: Formula | None
-    mac_free: bool
-    moves_data: bool
-    # How a cached meta call rebuilds its output. "fresh": outputs are new tensors,
-    # rebuilt from a template. An int: the op is in place and returns that argument
-    # (relu_, add_); on meta the argument itself is the result. None: not cacheable
-    # (views, ops that change an argument's shape in place, out= variants).
-    plan: int | str | None
-
-
-# Per-overload facts (schema, tags, formula lookup), not per-model results: computing
-# them once per process saves a few microseconds per op call and changes no count.
-_OP_INFO: dict[Any, _OpInfo] = {}
-
-
-_OP_INFO_GENERATION = [formula_generation()]  # the registry's, when _OP_INFO was filled
-
-
-def _op_info(func: Any) -> _OpInfo:
-    if _OP_INFO_GENERATION[0] != formula_generation():  # a formula was registered since
-        _OP_INFO.clear()
-        _OP_INFO_GENERATION[0] = formula_generation()
-    info = _OP_INFO.get(func)
-    if info is None:
-        name = func.overloadpacket.__name__
-        inplace_view = torch.Tag.inplace_view in func.tags
-        info = _OpInfo(
-            name=str(func.overloadpacket),
-            formula=mac_formula(func),
-            mac_free=is_mac_free(func),
-            moves_data=not (func.is_view or inplace_view or name in _NO_TRAFFIC),
-            plan=_output_plan(func, inplace_view),
-        )
-        _OP_INFO[func] = info
-    return info
-
-
-def _output_plan(func: Any, inplace_view: bool) -> int | str | None:
-    schema = func._schema
-    if func.is_view or inplace_view or func.overloadpacket.__name__ in ("resize_", "set_"):
-        return None
-    if all(r.alias_info is None for r in schema.returns):
-        return "fresh"
-    if len(schema.returns) == 1 and schema.arguments and not schema.arguments[0].kwarg_only:
-        first, ret = schema.arguments[0].alias_info, schema.returns[0].alias_info
-        if first is not None and first.is_write and first.before_set == ret.before_set:
-            return 0
-    return None
 
 
 class _OpCost(NamedTuple):
@@ -293,6 +229,9 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         # and routers as the forward uses them (for the active parameters).
         self.parameter_ids: frozenset[int] = frozenset()
         self.experts = ExpertTracker()
+        # The model's buffers (ids), and those an op wrote into: a static KV cache in buffers.
+        self.buffer_ids: frozenset[int] = frozenset()
+        self.written: dict[int, torch.Tensor] = {}
         self._entered: list[contextlib.ExitStack] = []
         # signature -> (output template, cost): on meta, outputs and costs depend only
         # on the signature, so repeated layers skip the meta kernels. One cache per
@@ -310,13 +249,29 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self.real_of[id(meta)] = tensor
         return twin[1]
 
-    def _parameter_of(self, tensor: Any) -> torch.Tensor | None:
-        """The model's parameter that ``tensor`` is, or is a view of (its meta twin too)."""
+    def adopt(self, tensor: torch.Tensor, meta: torch.Tensor) -> None:
+        """Take ``meta`` as the twin of ``tensor`` (one made by another mode of the same count)."""
+        self._meta_twins[id(tensor)] = (tensor, meta)
+        self.real_of[id(meta)] = tensor
+
+    def _note_writes(self, info: OpInfo, args: tuple[Any, ...]) -> None:
+        for position in info.mutated:
+            target = args[position] if position < len(args) else None
+            real = self._real_base(target)
+            if real is not None and id(real) in self.buffer_ids:
+                self.written.setdefault(id(real), real)
+
+    def _real_base(self, tensor: Any) -> torch.Tensor | None:
+        """The real tensor that ``tensor`` is, or views (through its meta twin)."""
         if not isinstance(tensor, torch.Tensor):
             return None
         base = tensor._base if tensor._base is not None else tensor
-        real = self.real_of.get(id(base), base)
-        return real if id(real) in self.parameter_ids else None
+        return self.real_of.get(id(base), base)
+
+    def _parameter_of(self, tensor: Any) -> torch.Tensor | None:
+        """The model's parameter that ``tensor`` is, or is a view of (its meta twin too)."""
+        real = self._real_base(tensor)
+        return real if real is not None and id(real) in self.parameter_ids else None
 
     def to_meta_args(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -348,9 +303,11 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         kwargs = kwargs or {}
         if is_higher_order(func):
             return higher_order.run(self, func, args, kwargs)
-        info = _op_info(func)
+        info = op_info(func)
         if func in ExpertTracker.WATCHED:
             self.experts.saw(func, args, self.current_module(), self._parameter_of)
+        if self.buffer_ids and info.mutated:
+            self._note_writes(info, args)
         out = self._run_meta(func, info, args, kwargs) if self.to_meta else func(*args, **kwargs)
         if not self.to_meta:
             self._record(self._costs(func, info, args, kwargs, out))
@@ -358,7 +315,7 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self.memory.allocated(out)
         return out
 
-    def _run_meta(self, func: Any, info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _run_meta(self, func: Any, info: OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if func is _TO_COPY and kwargs.get("device") is not None:
             # A move to a real device (``.to(model.device)``, ``.cpu()``) stays on meta: it
             # copies nothing a count could use, and a meta tensor has no data to copy out.
@@ -396,7 +353,7 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         return out
 
     @staticmethod
-    def _costs(func: Any, info: _OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> _OpCost:
+    def _costs(func: Any, info: OpInfo, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> _OpCost:
         first_out = out if isinstance(out, torch.Tensor) else _first_tensor(out)
         macs = 0
         if info.formula is not None:
@@ -413,6 +370,12 @@ class CountingMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         counted = info.formula is not None or info.mac_free
         compute = compute_dtype(func, _first_tensor(args), kwargs.get("dtype")) if macs else "none"
         return _OpCost(info.name, macs, traffic, dtype, counted, compute)
+
+    def record_op(self, op: Any, args: tuple[Any, ...], out: Any) -> None:
+        """Records ``op(*args) -> out`` priced as that ATen op, for a higher-order operator
+        that runs one (``out_dtype``: an int8 matmul accumulated in int32)."""
+        self._record(self._costs(op, op_info(op), args, {}, out))
+        self.memory.allocated(out)
 
     def record_call(self, name: str, macs: int, args: Any, out: Any, *, counted: bool) -> None:
         """Records one call that is not an ATen op (a higher-order operator) like one."""

@@ -13,7 +13,8 @@ in a shape that hides their bytes:
 
 :func:`packed_tensors` finds the first kind, :func:`storage_bytes` prices any tensor by the
 bytes it really holds, by storage dtype. Counting params and size (:mod:`.count`) uses
-both, so a quantized model is counted like its float twin and sized by what it stores.
+both, so a quantized model is counted like its float twin and sized by what it stores;
+:func:`has_subclass_weights` tells a count that the second kind is best run where it is.
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ def unpacked(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from unpacked(item)
+
+
+# Why a model with tensor-subclass weights is counted on its own device under "auto".
+SUBCLASS_WEIGHTS = (
+    "its weights are tensor subclasses (torchao), whose kernels are picked by the device "
+    "they run on: counted on that device"
+)
+
+
+def has_subclass_weights(model: torch.nn.Module) -> bool:
+    """Whether some parameter is a tensor subclass (torchao's quantized and float8 weights).
+
+    Such a subclass chooses its kernel by the device its data is on (torchao's int8 matmul
+    runs ``_int_mm`` on the CPU and an int32 fallback elsewhere), so a meta run may take
+    another path than the model's own device and count other ops and dtypes.
+    """
+    return any(is_traceable_wrapper_subclass(p) for p in model.parameters())
 
 
 def packed_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:

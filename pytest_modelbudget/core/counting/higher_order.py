@@ -36,6 +36,7 @@ class _Mode(Protocol):
 
     def to_meta_args(self, value: Any) -> Any: ...
     def record_call(self, name: str, macs: int, args: Any, out: Any, *, counted: bool) -> None: ...
+    def record_op(self, op: Any, args: tuple[Any, ...], out: Any) -> None: ...
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: Any) -> Any: ...
 
@@ -165,6 +166,11 @@ def run(mode: _Mode, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         call_args = mode.to_meta_args(args) if mode.to_meta else args
         out = func(*call_args, **kwargs)  # the mode is off here: its math is not counted again
         mode.record_call(f"higher_order.{name}", macs, call_args, out, counted=True)
+        return out
+    if name == "out_dtype":  # out_dtype(op, dtype, *operands): op's arithmetic, in the operands' dtype
+        call_args = mode.to_meta_args(args) if mode.to_meta else args
+        out = func(*call_args, **kwargs)
+        mode.record_op(args[0], tuple(call_args[2:]), out)
         return out
     through = _THROUGH_SUBGRAPH.get(name)
     if through is None:
