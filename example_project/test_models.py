@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from example_project.models import SimpleModel, TinyGPT, int8_simple_model
+from example_project.models import CachedGPT, SimpleModel, TinyGPT, int8_simple_model
 
 
 # Latency is judged against the baseline of this kind of machine (see budgets.yaml,
@@ -57,3 +57,24 @@ def test_tiny_gpt_train_step(model_budget):
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
 
     model_budget.train_step(model, tokens, target=next_tokens, loss=next_token_loss, optimizer="adamw")
+
+
+# A generation (docs/generation.md): the prompt's forward, then one step per new token.
+# Counted on meta (prefill and decode MACs, the KV cache it fills), timed as time to first
+# token and decode tokens per second. A decoder without transformers' generate() says how
+# one step runs: step(model, tokens, positions) -> logits.
+@pytest.mark.model_budget(
+    max_prefill_macs="300M",
+    max_decode_macs="200M",
+    max_kv_cache="600 kB",
+    max_ttft_ms=250,
+    min_decode_tokens_per_s=20,
+)
+def test_cached_gpt_generate(model_budget):
+    torch.manual_seed(0)
+    model = CachedGPT().eval()
+    model.setup_caches(batch=1, max_seq=256)
+    prompt = torch.randint(0, 1000, (1, 128))
+    model_budget.generate(
+        model, prompt, max_new_tokens=32, step=lambda m, tokens, positions: m(tokens, positions)
+    )

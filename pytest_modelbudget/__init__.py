@@ -4,7 +4,8 @@ Importing this package does not import torch (pytest imports plugins on every ru
 ``count`` and ``Counts`` are loaded from :mod:`.core.counting.count` on first use,
 ``count_train_step`` and ``TrainCounts`` from :mod:`.core.training.count`, ``TrainSpec`` from
 :mod:`.core.training.step`, ``register_mac_formula`` (a MAC formula for an op of your own) from
-:mod:`.core.counting.formulas.registry`.
+:mod:`.core.counting.formulas.registry`, ``count_generation``, ``GenerationCounts`` and
+``GenerationSpec`` from :mod:`.core.generation`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .core.counting.count import Counts, count
     from .core.counting.formulas.registry import register_mac_formula
+    from .core.generation.count import GenerationCounts, count_generation
+    from .core.generation.spec import GenerationSpec
     from .core.training.count import TrainCounts, count_train_step
     from .core.training.step import TrainSpec
 
 __all__ = [
     "Counts",
+    "GenerationCounts",
+    "GenerationSpec",
     "TrainCounts",
     "TrainSpec",
     "__version__",
     "count",
+    "count_generation",
     "count_train_step",
     "register_mac_formula",
 ]
@@ -43,6 +49,14 @@ def __getattr__(name: str) -> Any:
         from .core.counting.formulas.registry import register_mac_formula
 
         return register_mac_formula
+    if name in ("count_generation", "GenerationCounts"):
+        from .core.generation import count as generation
+
+        return getattr(generation, name)
+    if name == "GenerationSpec":
+        from .core.generation.spec import GenerationSpec
+
+        return GenerationSpec
     if name == "TrainSpec":
         from .core.training.step import TrainSpec
 

@@ -60,11 +60,35 @@ def test_simple_model_counts_match_the_hand_computed_numbers() -> None:
     }
 
 
+def test_the_cached_decoder_generation_counts_match_the_analytic_numbers() -> None:
+    from pytest_modelbudget.core.generation.count import count_generation
+    from pytest_modelbudget.core.generation.spec import GenerationSpec
+
+    model = _example_models().CachedGPT().eval()
+    model.setup_caches(batch=1, max_seq=256)
+    spec = GenerationSpec(32, step=lambda m, tokens, positions: m(tokens, positions))
+    counted = count_generation(model, torch.randint(0, 1000, (1, 128)), spec)
+    # Per token: per layer qkv 128x384, proj 128x128, mlp 2 x 128x512; the head 128x1000; and
+    # attention over the whole static cache, 2 (QK^T, PV) x 4 heads x 256 positions x 32.
+    per_token = 2 * (128 * 384 + 128 * 128 + 2 * 128 * 512) + 128 * 1000 + 2 * (2 * 4 * 256 * 32)
+    assert counted.prefill.macs == 128 * per_token
+    assert counted.decode.macs == 31 * per_token
+    assert counted.kv_cache == 2 * 2 * 4 * 256 * 32 * 4  # keys and values, 2 layers, float32
+    entry = baselines.load(REPO / "budgets.yaml").entries[
+        "example_project/test_models.py::test_cached_gpt_generate"
+    ]
+    assert (entry.metrics["prefill_macs"], entry.metrics["decode_macs"], entry.metrics["kv_cache"]) == (
+        counted.prefill.macs,
+        counted.decode.macs,
+        counted.kv_cache,
+    )
+
+
 def test_committed_baselines_are_current(example: pytest.Pytester) -> None:
     # Counts only: timing verdicts depend on this machine; tests/test_timing_budgets.py covers them.
     result = example.runpytest("example_project", "--model-budget", "--budget-strict", "--budget-no-timing")
-    result.assert_outcomes(passed=7)
-    result.stdout.fnmatch_lines(["8 measured call(s): 8 ok"])
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["9 measured call(s): 9 ok"])
     assert "stale" not in result.stdout.str()
 
 
@@ -75,7 +99,7 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
     original = path.read_text()
     monkeypatch.setenv("EXAMPLE_WIDEN", "1")
     result = example.runpytest("example_project", "--model-budget", "--budget-no-timing")
-    result.assert_outcomes(passed=5, failed=2)  # the float model and its int8 version
+    result.assert_outcomes(passed=6, failed=2)  # the float model and its int8 version
     result.stdout.fnmatch_lines(
         [
             f"*model budget exceeded for {SIMPLE}:",
@@ -86,7 +110,7 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
             f"*pytest --model-budget --update-budgets {SIMPLE}",
         ]
     )
-    example.runpytest("example_project", "--update-budgets", "--budget-no-timing").assert_outcomes(passed=7)
+    example.runpytest("example_project", "--update-budgets", "--budget-no-timing").assert_outcomes(passed=8)
     before, after = baselines.parse(original.encode(), "old"), baselines.load(path).entries
     assert [key for key in before if before[key] != after[key]] == [SIMPLE, SIMPLE_INT8]
     changed = [line for line in after_lines(path) if line not in original.splitlines()]
@@ -94,7 +118,7 @@ def test_widening_a_layer_fails_then_update_rewrites_exactly_that_entry(
     # int8 MACs (the float MACs, the convolutions', did not change).
     assert len(changed) == 7 + 8
     assert before.keys() == after.keys()
-    example.runpytest("example_project", "--model-budget", "--budget-no-timing").assert_outcomes(passed=7)
+    example.runpytest("example_project", "--model-budget", "--budget-no-timing").assert_outcomes(passed=8)
 
 
 def after_lines(path: Path) -> list[str]:

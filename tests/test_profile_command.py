@@ -92,6 +92,16 @@ class Branchy(nn.Module):
 class Relu(nn.Module):
     def forward(self, x):
         return torch.relu(x) + 1
+
+
+def tiny_llama():
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
 """
 BRANCH_LINE = (
     MODELS.splitlines().index("        if y.sum() > 0:  # data-dependent: dynamo breaks the graph here") + 1
@@ -535,3 +545,54 @@ def test_train_json_with_another_optimizer(models: str, capsys: pytest.CaptureFi
     assert train["memory_by_kind"]["optimizer_state"] == 0  # plain SGD keeps no state
     assert sum(train["memory_by_kind"].values()) == train["train_memory"]
     assert {m["path"]: m["backward_macs"] for m in data["modules"]}["head"] == 2048
+
+
+def test_generate_profiles_prefill_decode_and_the_kv_cache(
+    models: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("transformers")
+    import torch
+
+    from pytest_modelbudget import GenerationSpec, count_generation
+
+    args = ["profile", f"{models}:tiny_llama", "--input", "1x10:int64", "--generate", "5"]
+    assert cli.main([*args, "--device", "meta", "--json"]) == 0
+    generation = json.loads(capsys.readouterr().out)["generation"]
+    torch.manual_seed(0)
+    expected = count_generation(
+        sys.modules[models].tiny_llama(), torch.zeros(1, 10, dtype=torch.long), GenerationSpec(5)
+    )
+    assert (generation["prefill_macs"], generation["decode_macs"]) == (
+        expected.prefill.macs,
+        expected.decode.macs,
+    )
+    assert (generation["new_tokens"], generation["last_context"]) == (5, 14)
+    assert generation["step_macs"] == list(expected.step_macs)
+    kv = 2 * 2 * 2 * 14 * 4 * 4  # layers x (K, V) x KV heads x positions x head_dim x float32 bytes
+    assert expected.kv_cache == kv
+
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "prefill MACs" in text and f"({expected.prefill.macs:,})" in text
+    assert "KV cache" in text and f"({kv:,} bytes)" in text
+    assert "model_budget.generate(model, input_ids, max_new_tokens=5)" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{m}:tiny_llama", "--input", "1x8:int64", "--generate", "0"], "--generate 0: a generation makes at least one"),
+        (["{m}:tiny_llama", "--input", "1x8", "--generate", "3"], "--generate takes one --input, the prompt's token ids"),
+        (["{m}:tiny_llama", "--input", "1x2x8:int64", "--generate", "3"], "--generate: the prompt 1x2x8:int64 is not"),
+        (["{m}:tiny_llama", "--input", "1x8:int64", "--generate", "3", "--train"], "--generate counts an eager generation: drop --train"),
+        (["{m}:build_tiny", "--input", "1x8:int64", "--generate", "3"], "--generate needs a model with transformers' generate()"),
+    ],
+)  # fmt: skip
+def test_generate_errors_are_one_line(
+    models: str, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    pytest.importorskip("transformers")
+    code = cli.main(["profile", *(arg.format(m=models) for arg in args)])
+    out, err = capsys.readouterr()
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert err.startswith(f"python -m pytest_modelbudget profile: error: {message}"), err

@@ -57,8 +57,10 @@ def test_json_markdown_junit_agree_with_the_terminal(project: pytest.Pytester, x
     document = json.loads((project.path / "out.json").read_text())
     # Version 2: each call carries its whole result, and the report what the run saw (for merge).
     assert document["schema"] == "pytest-modelbudget-report" and document["version"] == 2
-    assert document["run"]["collected"] == document["run"]["selected"] == sorted(
-        {"test_model.py::test_named", "test_model.py::test_over", "test_model.py::test_simple"}
+    assert (
+        document["run"]["collected"]
+        == document["run"]["selected"]
+        == sorted({"test_model.py::test_named", "test_model.py::test_over", "test_model.py::test_simple"})
     )
     assert all(call["result"]["nodeid"] == call["test"] for call in document["calls"])
     assert set(document["environment"]) == {"plugin", "torch", "python", "platform", "cpu"}

@@ -152,8 +152,9 @@ def check_baseline(
 
 
 def _timed_check(limit: Limit, verdict: TimedVerdict, measured: Mapping[str, float]) -> Check:
-    # A latency limit reports the judged statistic; a throughput limit the items per second.
-    value = verdict.measured_ms if limit.metric == "latency_ms" else measured[limit.metric]
+    # A time limit reports the judged statistic; a rate limit (throughput, decode tokens per
+    # second) the rate.
+    value = verdict.measured_ms if limit.definition.unit == "ms" else measured[limit.metric]
     return Check(limit.metric, value, limit.value, limit.source, verdict.status, note=verdict.reason)
 
 
@@ -163,14 +164,15 @@ def check_call(
     baseline: Mapping[str, float] | None,
     *,
     timed_limits: Mapping[Limit, TimedVerdict] | None = None,
-    latency_baseline: TimedVerdict | None = None,
-    timed_metric: str = "latency_ms",
+    timing_baselines: Iterable[tuple[str, TimedVerdict]] = (),
 ) -> tuple[Check, ...]:
     """Every check of one call: its limits (marker, then file), then its baselines.
 
     Timed limits were judged while timing (a slow-looking measurement is repeated before
-    it is believed), so their verdicts come in ``timed_limits``; the latency baseline's
-    in ``latency_baseline``, judged as ``timed_metric`` (a training step's ``train_step_ms``).
+    it is believed), so their verdicts come in ``timed_limits``; each timed figure's baseline
+    verdict in ``timing_baselines``, with the metric it is judged as (a forward's
+    ``latency_ms``, a training step's ``train_step_ms``, a generation's ``ttft_ms`` and
+    ``generation_ms``).
     """
     timed_limits = timed_limits or {}
     checks: list[Check] = []
@@ -181,11 +183,10 @@ def check_call(
             checks += check_limits(measured, [limit])
     if baseline is not None:
         checks += check_baseline(measured, baseline, budget.tolerance)
-    if latency_baseline is not None:
-        verdict = latency_baseline
+    for judged_as, verdict in timing_baselines:
         checks.append(
             Check(
-                timed_metric,
+                judged_as,
                 verdict.measured_ms,
                 verdict.reference_ms,
                 Source.BASELINE,

@@ -1,15 +1,16 @@
 """A call run on its device: timed and judged, its CUDA peak, the largest batch that fits.
 
-A kind of call says what to repeat (:class:`~..core.devices.Repeated`: a forward, a training
-step, a compiled forward); :class:`DeviceRun` decides from the call's budget whether to time
-it, how often to measure it again (:func:`~.timing_verdicts.measure_and_judge`), when
-sampling may stop, whether to take the CUDA allocator peak, and whether to search the
-largest batch -- and keeps what it found for the call's readings.
+A kind of call says what to repeat (:class:`~..calls.kind.Timed`: a forward, a training
+step, a compiled forward; a generation's first token and all of it); :class:`DeviceRun`
+decides from the call's budget whether to time it, how often to measure it again
+(:func:`~.timing_verdicts.measure_and_judge`), when sampling may stop, whether to take
+the CUDA allocator peak, and whether to search the largest batch -- and keeps what it found
+for the call's readings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,16 +19,16 @@ from .baselines import Entry
 from .budget import CallBudget, Limit
 
 if TYPE_CHECKING:
-    from ..calls.kind import CallKind
+    from ..calls.kind import CallKind, Timed
     from ..core.devices import Repeated
     from ..core.timing.timer import Progress, TimingStats
-    from .timing_verdicts import TimingJudgement
+    from .timing_verdicts import TimingVerdict
 
 
 class DeviceRun:
-    """What running one call on its device found: its timing and verdicts (when the budget
-    is timed), its CUDA peak (on CUDA, when a limit needs it or the kind always reports it)
-    and the largest batch that fits (when a limit asks)."""
+    """What running one call on its device found: the timing and verdicts of each figure it
+    times (when the budget is timed), its CUDA peak (on CUDA, when a limit needs it or the
+    kind always reports it) and the largest batch that fits (when a limit asks)."""
 
     def __init__(
         self,
@@ -41,30 +42,37 @@ class DeviceRun:
     ) -> None:
         self.args, self.kwargs, self.budget, self.kind, self.entry = args, kwargs, budget, kind, entry
         self.progress = progress
-        # The limits judged while timing (the rest are compared with a value after measuring):
-        # the kind's own timed statistic, and throughput, which is judged as that time.
-        timed = (kind.timed_metric, "throughput")
-        self.timed_limits: tuple[Limit, ...] = (
-            tuple(limit for limit in budget.limits if limit.metric in timed) if budget.timed else ()
-        )
         self.on_cuda = False
-        self.judgement: TimingJudgement | None = None
-        self.timing: TimingStats | None = None
+        # Per timed figure (Timed.name): the measurement the call reports.
+        self.timings: dict[str, TimingStats] = {}
+        # The limits judged while timing, per figure (the rest are compared with a value after
+        # measuring), and the verdict each got.
+        self.timed_limits: dict[Limit, TimingVerdict] = {}
+        # Each figure's baseline verdict, as the metric it is reported as ("latency_ms").
+        self.baseline_verdicts: list[tuple[str, TimingVerdict]] = []
         self.cuda_memory: int | None = None
         self.max_batch: int | None = None
 
-    def run(self, repeated: Repeated) -> None:
+    @property
+    def timing(self) -> TimingStats | None:
+        """The first figure's measurement: a forward's latency, a generation's first token."""
+        return next(iter(self.timings.values()), None)
+
+    def run(self, figures: Sequence[Timed]) -> None:
         from ..core.devices import target_device
 
-        budget = replace(self.budget, timing=replace(self.budget.timing, autocast=repeated.autocast))
-        self.on_cuda = target_device(repeated.model, self.args, budget.timing.device).type == "cuda"
+        first = figures[0].repeated
+        budget = replace(self.budget, timing=replace(self.budget.timing, autocast=first.autocast))
+        self.on_cuda = target_device(first.model, self.args, budget.timing.device).type == "cuda"
         if not self.on_cuda:
             _refuse_cuda_only_limits(budget, self.kind)
         if budget.timed:
-            self.judgement, self.timing = self._time(repeated, budget)
+            _refuse_untimed_limits(budget, self.kind, {figure.name for figure in figures})
+            for figure in figures:
+                self._time(figure, budget)
         if self.on_cuda:
-            self.cuda_memory = self._cuda_peak(repeated, budget)
-        self.max_batch = self._max_batch(repeated.model, budget)
+            self.cuda_memory = self._cuda_peak(first, budget)
+        self.max_batch = self._max_batch(first.model, budget)
 
     def _cuda_peak(self, repeated: Repeated, budget: CallBudget) -> int | None:
         """The allocator peak on CUDA: from the timed run, else one run when it is needed."""
@@ -88,12 +96,11 @@ class DeviceRun:
         largest = int(max(limit.value for limit in required))
         return max_batch(model, self.args, self.kwargs, device=budget.timing.device, limit=4 * largest)
 
-    def _time(self, repeated: Repeated, budget: CallBudget) -> tuple[TimingJudgement, TimingStats]:
-        """Time the call (again while it looks slow) and judge its timed limits and baseline.
+    def _time(self, figure: Timed, budget: CallBudget) -> None:
+        """Time one figure (again while it looks slow) and judge its limits and baseline.
 
-        Returns the judgement and the measurement the call reports: when recording a
-        baseline, the typical one with the machine's speed probes; otherwise the least
-        disturbed one.
+        Keeps the judgement and the measurement the call reports: when recording a baseline,
+        the typical one with the machine's speed probes; otherwise the least disturbed one.
         """
         from ..core.devices import batch_size_of
         from ..core.timing import timer
@@ -107,17 +114,25 @@ class DeviceRun:
             recorded,
         )
 
-        model, args, kwargs = repeated.model, self.args, self.kwargs
-        where = timer.placement_for(model, args, budget.timing)  # the fingerprint, once per call
+        model, args, kwargs = figure.repeated.model, self.args, self.kwargs
+        settings = replace(budget.timing, mode=figure.mode)
+        where = timer.placement_for(model, args, settings)  # the fingerprint, once per figure
         batch = budget.batch_size or batch_size_of(args, kwargs)
         stored = self.entry.timing.get(where.fingerprint) if self.entry else None
         baseline = LatencyBaseline.from_stored(stored) if stored else None
-
-        def limit_ms(limit: Limit) -> float:
-            # A throughput limit is judged as the time per call it allows at this batch size.
-            return limit.value if limit.metric == self.kind.timed_metric else batch * 1e3 / limit.value
-
-        limits_ms = [limit_ms(limit) for limit in self.timed_limits]
+        limits = [
+            limit
+            for limit in budget.limits
+            if limit.definition.judged_while_timing and limit.definition.timed_by == figure.name
+        ]
+        # A rate is judged as the time per call it allows: a throughput at this batch size,
+        # a decode rate over the tokens after the first, beyond the first token's time.
+        items = figure.items if figure.items is not None else batch
+        before_ms = self.timings[figure.minus].stat(budget.latency_stat) if figure.minus else 0.0
+        limits_ms = [
+            limit.value if limit.definition.unit == "ms" else items * 1e3 / limit.value + before_ms
+            for limit in limits
+        ]
 
         def decided(stats: TimingStats) -> bool:
             return decided_early(
@@ -133,19 +148,19 @@ class DeviceRun:
         def measure() -> TimingStats:
             # A baseline being recorded gets full measurements; a check stops once clear, a
             # re-measurement (a call that looked slow) not before RECHECK_MIN_S.
-            settings = budget.timing
+            timing = settings
             if taken and not budget.update:
-                settings = replace(settings, min_decide_s=max(settings.min_decide_s, RECHECK_MIN_S))
+                timing = replace(timing, min_decide_s=max(timing.min_decide_s, RECHECK_MIN_S))
             stats = timer.time_forward(
                 model,
                 args,
                 kwargs,
-                settings,
+                timing,
                 batch_size=batch,
                 progress=self.progress,
                 where=where,
                 decided=None if budget.update else decided,
-                repeat=repeated.repeat,
+                repeat=figure.repeated.repeat,
             )
             taken.append(stats)
             return stats
@@ -159,12 +174,26 @@ class DeviceRun:
             probe=measure_probes,
             at_least=RECORD_MEASUREMENTS if budget.update else 1,
         )
+        self.timed_limits.update(zip(limits, judgement.limits, strict=True))
+        if judgement.baseline is not None:
+            self.baseline_verdicts.append((figure.judged_as, judgement.baseline))
         if not budget.update:
-            return judgement, judgement.best(budget.latency_stat)
+            self.timings[figure.name] = judgement.best(budget.latency_stat)
+            return
         # A baseline keeps the machine's speed beside its timing: on CPU the probes taken
         # during the measurement, elsewhere a set taken now.
         kept = recorded(judgement.measurements, budget.latency_stat)
-        return judgement, replace(kept, probes=kept.probes or measure_probes())
+        self.timings[figure.name] = replace(kept, probes=kept.probes or measure_probes())
+
+
+def _refuse_untimed_limits(budget: CallBudget, kind: CallKind, timed: set[str]) -> None:
+    """A timed limit on a figure this call does not time (the decode of a one-token
+    generation): an error, never a silently unchecked limit."""
+    for limit in budget.limits:
+        metric = limit.definition
+        if metric.judged_while_timing and metric.timed_by not in timed:
+            why = kind.untimed.get(metric.timed_by, f"this {kind.noun} does not time it")
+            raise MeasurementError(f"{metric.keyword} cannot be judged: {why}")
 
 
 def _refuse_cuda_only_limits(budget: CallBudget, kind: CallKind) -> None:

@@ -22,7 +22,7 @@ from .baselines import Entry, entry_key
 from .budget import Budget, CallBudget, CallSettings, resolve
 from .checks import call_verdict, check_call, strict_failures
 from .device_run import DeviceRun
-from .metrics import KIND_OF_ROW, METRICS_BY_NAME, read_all
+from .metrics import CALLS, METRICS_BY_NAME, read_all
 from .results import MODULE_DEPTH, CallResult, Measurement, shallow_modules
 
 if TYPE_CHECKING:
@@ -66,14 +66,15 @@ def measure_call(
     budget = _fitted(budget, kind)
     run = DeviceRun(args, kwargs, budget, kind, entry, progress=progress)
     with kind.measure(model, args, kwargs, device=budget.timing.device, autocast=budget.autocast) as measured:
-        if measured.repeated is not None:
-            run.run(measured.repeated)
+        if measured.timed:
+            run.run(measured.timed)
     counts = measured.counts
     readings = Readings(
         counts=counts,
         figures=measured.figures,
         latency_stat=budget.latency_stat,
-        timing=run.timing,
+        timing=run.timings.get("call"),
+        timings=dict(run.timings),
         roofline_ms=_roofline_ms(counts, budget) if _measures(kind, "roofline_ms") else None,
         cuda_memory=run.cuda_memory,
         on_cuda=run.on_cuda,
@@ -81,14 +82,12 @@ def measure_call(
     )
     values = read_all(readings, kind)
     has_baseline = entry is not None and bool(entry.metrics)
-    judgement = run.judgement
     checks = check_call(
         values,
         budget,
         entry.metrics if entry is not None and has_baseline else None,
-        timed_limits=dict(zip(run.timed_limits, judgement.limits, strict=True)) if judgement else None,
-        latency_baseline=judgement.baseline if judgement else None,
-        timed_metric=kind.timed_metric,
+        timed_limits=run.timed_limits,
+        timing_baselines=run.baseline_verdicts,
     )
     result = CallResult(
         nodeid=nodeid,
@@ -107,9 +106,11 @@ def measure_call(
         has_baseline=has_baseline,
         updating=budget.update,
         timing=run.timing,
+        timings=dict(run.timings),
         macs_by_dtype=dict(counts.macs_by_dtype),
         compiled=measured.compiled,
         memory_by_kind=dict(measured.memory_by_kind),
+        details=dict(measured.details),
     )
     measurement = Measurement(
         key=entry_key(nodeid, name),
@@ -118,6 +119,7 @@ def measure_call(
         timing=run.timing,
         call=kind.name,
         figures=measured.figures,
+        timings=dict(run.timings),
     )
     return result, measurement
 
@@ -129,29 +131,28 @@ def _measures(kind: CallKind, metric: str) -> bool:
 def _refuse_what_it_cannot_measure(kind: CallKind, budget: CallBudget) -> None:
     """Limits of another kind of call, and options the kind refuses: an error, never a
     silently unchecked limit."""
-    for owner in KIND_OF_ROW.values():
+    for call, (described, remedy) in CALLS.items():
         wrong = sorted(
             {
                 limit.definition.keyword
                 for limit in budget.limits
-                if limit.definition.call == owner.name and not kind.measures_metric(limit.definition)
+                if limit.definition.call == call and not kind.measures_metric(limit.definition)
             }
         )
         if wrong:
-            raise MeasurementError(kind.wrong_limits(owner, wrong))
+            raise MeasurementError(kind.wrong_limits(described, remedy, wrong))
     for option, instead in kind.refused.items():
         if budget.options.get(option) not in (None, False):
             raise MeasurementError(instead)
 
 
 def _fitted(budget: CallBudget, kind: CallKind) -> CallBudget:
-    """The budget's timing settings for this kind of call: its fingerprint mode, and no CUDA
-    graphs where the kind is timed without (a run-wide --budget-cuda-graphs leaves it alone;
-    the budget's own cuda_graph= was refused)."""
-    timing = replace(budget.timing, mode=kind.mode)
-    if "cuda_graph" in kind.refused:
-        timing = replace(timing, cuda_graph=False)
-    return replace(budget, timing=timing)
+    """The budget's timing settings for this kind of call: no CUDA graphs where the kind is
+    timed without (a run-wide --budget-cuda-graphs leaves it alone; the budget's own
+    cuda_graph= was refused). Each timed figure brings its fingerprint mode (``Timed.mode``)."""
+    if "cuda_graph" not in kind.refused:
+        return budget
+    return replace(budget, timing=replace(budget.timing, cuda_graph=False))
 
 
 def _roofline_ms(counts: Counts, budget: CallBudget) -> float | None:

@@ -14,14 +14,20 @@ from collections.abc import Mapping
 from ..calls import common
 from ..calls.compiled import Compiled
 from ..calls.forward import Forward
+from ..calls.generation import Generate
 from ..calls.kind import CallKind
 from ..calls.metric import Metric, Readings
 from ..calls.train_step import TrainStep
 
 # The kinds of call, each with the rows only it measures.
-KINDS: tuple[type[CallKind], ...] = (Forward, TrainStep, Compiled)
+KINDS: tuple[type[CallKind], ...] = (Forward, TrainStep, Compiled, Generate)
 METRICS: tuple[Metric, ...] = (*common.ROWS, *(row for kind in KINDS for row in kind.rows))
-KIND_OF_ROW: Mapping[str, type[CallKind]] = {kind.name: kind for kind in KINDS}
+# What each row's `call` names and how to measure it, for the error of a limit put on a call
+# that does not measure it: (what it limits, how to measure that).
+CALLS: Mapping[str, tuple[str, str]] = {
+    "pass": ("one pass of the model", "measure a forward with model_budget(model, ...)"),
+    **{kind.name: (kind.described, kind.remedy) for kind in KINDS},
+}
 
 METRICS_BY_NAME = {m.name: m for m in METRICS}
 METRICS_BY_KEYWORD = {m.keyword: m for m in METRICS}

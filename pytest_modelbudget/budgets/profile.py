@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..core.compiling import CompileStats
     from ..core.counting.count import Counts
     from ..core.counting.roofline import RooflineEstimate
+    from ..core.generation.count import GenerationCounts
     from ..core.training.count import TrainCounts
 
 # The metrics a suggested marker limits: the deterministic ones that budgets.yaml also
@@ -67,6 +68,7 @@ class Profile:
     compile_backend: str | None = None  # with --compile: the torch.compile backend
     compiled: CompileStats | None = None  # with --compile: what compiling the model recorded
     train: TrainCounts | None = None  # with --train: one training step (counts is its forward)
+    generation: GenerationCounts | None = None  # with --generate (counts is its prefill)
 
     def roofline_ms(self, path: str) -> float:
         """Roofline time of a module and its children ("" is the model's own ops)."""
@@ -77,7 +79,7 @@ class Profile:
 
     @property
     def suggested(self) -> dict[str, str]:
-        return suggest_limits(self.counts, self.headroom, self.train)
+        return suggest_limits(self.counts, self.headroom, self.train, self.generation)
 
 
 def round_up_si(value: float, unit: str) -> str:
@@ -117,14 +119,27 @@ def round_up_si(value: float, unit: str) -> str:
         rounded += quantum
 
 
-def suggest_limits(counts: Counts, headroom: float, train: TrainCounts | None = None) -> dict[str, str]:
+def suggest_limits(
+    counts: Counts,
+    headroom: float,
+    train: TrainCounts | None = None,
+    generation: GenerationCounts | None = None,
+) -> dict[str, str]:
     """Marker keyword -> limit with ``headroom`` above the measured value (zero values skipped);
-    a training step's train MACs and memory first."""
+    a training step's train MACs and memory first; a generation's prefill and decode MACs and
+    KV cache instead of one pass's MACs."""
     measured = {"macs": counts.macs, "params": counts.params, "size": counts.size_bytes}
     names: tuple[str, ...] = SUGGESTED_METRICS
     if train is not None:
         measured.update(train_macs=train.macs, train_memory=train.memory)
         names = ("train_macs", "train_memory", *SUGGESTED_METRICS)
+    if generation is not None:
+        measured.update(
+            prefill_macs=generation.prefill.macs,
+            decode_macs=generation.decode.macs,
+            kv_cache=generation.kv_cache,
+        )
+        names = ("prefill_macs", "decode_macs", "kv_cache", "params", "size")
     limits = {}
     for name in names:
         if measured[name] > 0:
@@ -135,7 +150,7 @@ def suggest_limits(counts: Counts, headroom: float, train: TrainCounts | None = 
         active = METRICS_BY_NAME["active_params"]
         limits[active.keyword] = round_up_si(counts.active_params * (1.0 + headroom), active.unit)
     # A quantized (or float8) model: keep its MACs out of float, at its float share now.
-    if set(counts.macs_by_dtype) - FLOAT_DTYPES:
+    if set(counts.macs_by_dtype) - FLOAT_DTYPES and generation is None:
         in_float = float_macs(counts.macs_by_dtype)
         keyword = METRICS_BY_NAME["float_macs"].keyword
         limits[keyword] = round_up_si(in_float * (1.0 + headroom), "count") if in_float else "0"

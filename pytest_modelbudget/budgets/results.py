@@ -22,6 +22,7 @@ from .timing_verdicts import LatencyBaseline
 
 if TYPE_CHECKING:
     from ..core.counting.count import Counts
+    from ..core.generation.count import GenerationCounts
     from ..core.training.count import TrainCounts
 
 
@@ -41,10 +42,14 @@ class CallResult:
     has_baseline: bool = False
     updating: bool = False  # measured by --update-budgets: baselines are accepted, not enforced
     timing: TimingStats | None = None  # the measurement judged (or recorded), when timed
+    # Every timed figure's measurement, by name (Timed.name): a forward's "call"; a
+    # generation's "ttft" and "generation". ``timing`` is the first of them.
+    timings: Mapping[str, TimingStats] = field(default_factory=dict)
     macs_by_dtype: Mapping[str, int] = field(default_factory=dict)  # the dtypes the MACs ran in
     compiled: CompileStats | None = None  # graph breaks, recompiles, ... of a compiled call
     # A training step's estimated memory at its peak, by kind (training.MEMORY_KINDS).
     memory_by_kind: Mapping[str, int] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)  # Measured.details: a generation's last step
 
     @property
     def key(self) -> str:
@@ -70,9 +75,11 @@ class CallResult:
 
     def baseline_entry(self) -> Entry:
         """What --update-budgets stores for this call."""
-        timing = {}
-        if self.timing:
-            timing[self.timing.fingerprint] = LatencyBaseline.from_stats(self.timing).to_stored()
+        # Each timed figure under its own fingerprint (a generation's first token, and all of it).
+        timing = {
+            stats.fingerprint: LatencyBaseline.from_stats(stats).to_stored()
+            for stats in (self.timings.values() if self.timings else [self.timing] if self.timing else [])
+        }
         return Entry(
             metrics=baseline_values(self.metrics),
             macs_by_dtype=_stored_dtypes(self.macs_by_dtype),
@@ -97,9 +104,11 @@ class CallResult:
             "has_baseline": self.has_baseline,
             "updating": self.updating,
             "timing": self.timing.to_dict() if self.timing else None,
+            "timings": {name: stats.to_dict() for name, stats in self.timings.items()},
             "macs_by_dtype": dict(self.macs_by_dtype),
             "compiled": self.compiled.to_dict() if self.compiled else None,
             "memory_by_kind": dict(self.memory_by_kind),
+            "details": dict(self.details),
         }
 
     @classmethod
@@ -122,6 +131,8 @@ class CallResult:
             macs_by_dtype=dict(data["macs_by_dtype"]),
             compiled=CompileStats.from_dict(data["compiled"]) if data.get("compiled") else None,
             memory_by_kind=dict(data.get("memory_by_kind") or {}),
+            timings={name: TimingStats.from_dict(t) for name, t in (data.get("timings") or {}).items()},
+            details=dict(data.get("details") or {}),
         )
 
 
@@ -164,9 +175,10 @@ class Measurement:
     key: str
     counts: Counts
     checks: tuple[Check, ...]
-    timing: TimingStats | None = None  # only when the budget asked for timing
-    call: str = "forward"  # the kind of call: "forward", "train", "compiled"
-    figures: Any = None  # the kind's own figures: TrainCounts, CompileStats
+    timing: TimingStats | None = None  # only when the budget asked for timing (the first figure)
+    call: str = "forward"  # the kind of call: "forward", "train", "compiled", "generate"
+    figures: Any = None  # the kind's own figures: TrainCounts, CompileStats, GenerationCounts
+    timings: Mapping[str, TimingStats] = field(default_factory=dict)  # every timed figure, by name
 
     @property
     def train(self) -> TrainCounts | None:
@@ -177,6 +189,11 @@ class Measurement:
     def compiled(self) -> CompileStats | None:
         """A compiled call's graph breaks, recompiles, ..., else None."""
         return self.figures if self.call == "compiled" else None
+
+    @property
+    def generation(self) -> GenerationCounts | None:
+        """A generation's prefill and decode counts and KV cache (model_budget.generate), else None."""
+        return self.figures if self.call == "generate" else None
 
     @property
     def train_macs(self) -> int | None:

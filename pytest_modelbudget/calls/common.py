@@ -1,7 +1,11 @@
-"""The metrics every kind of call measures: what its forward counts, the model it holds, throughput.
+"""The metrics every kind of call measures -- the model it holds -- and those of one pass.
 
-A training step's ``macs`` are those of its forward in train mode; a compiled call's those of
-the eager model (compiling changes how the arithmetic runs, not how much there is).
+``call="any"``: every kind (params, size). ``call="pass"``: the kinds that run the model
+once -- a forward, a compiled forward, a training step -- whose forward's MACs, FLOPs and
+traffic these are; a generation runs many passes and has its own figures instead
+(prefill and decode MACs). A training step's ``macs`` are those of its forward in train
+mode; a compiled call's those of the eager model (compiling changes how the arithmetic
+runs, not how much there is).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ ROWS: tuple[Metric, ...] = (
         ratcheted=True,
         label="MACs",
         module_figure="macs",
+        call="pass",
     ),
     Metric(
         "flops",
@@ -53,6 +58,7 @@ ROWS: tuple[Metric, ...] = (
         read=lambda r: r.counts.flops,
         label="FLOPs",
         module_figure="macs",
+        call="pass",
     ),
     Metric(
         "float_macs",
@@ -65,6 +71,7 @@ ROWS: tuple[Metric, ...] = (
         # Kept only where some MACs run in another dtype (quantized, float8): for a float
         # model it would repeat `macs`.
         stored_if=lambda values: values["float_macs"] != values["macs"],
+        call="pass",
     ),
     Metric(
         "params",
@@ -101,6 +108,7 @@ ROWS: tuple[Metric, ...] = (
         "bytes read plus written by every op (no caching or fusion)",
         read=lambda r: r.counts.memory_traffic,
         label="memory traffic",
+        call="pass",
     ),
     Metric(
         "throughput",
@@ -110,5 +118,6 @@ ROWS: tuple[Metric, ...] = (
         read=_throughput,
         timed=True,
         higher_is_better=True,
+        call="pass",
     ),
 )

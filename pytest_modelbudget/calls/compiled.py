@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .forward import Forward
-from .kind import CallKind, Measured
+from .kind import CallKind, Measured, Timed
 from .metric import Metric
 
 if TYPE_CHECKING:
@@ -89,14 +89,13 @@ class Compiled(CallKind):
     described = "a compiled call"
     remedy = _REMEDY
     rows: ClassVar[tuple[Metric, ...]] = ROWS
-    measures = frozenset({"any", "forward", "compiled"})  # a compiled forward is still a forward
+    measures = frozenset({"any", "pass", "forward", "compiled"})  # a compiled forward is still a forward
     refused: ClassVar[Mapping[str, str]] = {
         "autocast": "autocast and compile cannot be combined yet: measure the compiled model "
         "without autocast, or the autocast model without compile",
         "cuda_graph": "cuda_graph and compile cannot be combined; use compile={'mode': 'reduce-overhead'}, "
         "torch.compile's own CUDA graphs",
     }
-    timed_metric = "latency_ms"
 
     def __init__(self, options: Mapping[str, Any] | None, earlier: Sequence[Inputs] = ()) -> None:
         from ..core.compiling import compile_label
@@ -125,7 +124,8 @@ class Compiled(CallKind):
             stats = session.run([*self.earlier, (args, kwargs)])
             # The eager module is what moves to the device (the compiled model wraps it).
             repeated = Repeated(eager, _repeated_compiled(session.fn, args, kwargs))
-            yield Measured(counts, figures=stats, compiled=stats, repeated=repeated)
+            timed = Timed("call", repeated, "latency_ms", self.mode)
+            yield Measured(counts, figures=stats, compiled=stats, timed=(timed,))
 
 
 def _repeated_compiled(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Repeat:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, ClassVar
 
-from .kind import CallKind, Measured
+from .kind import CallKind, Measured, Timed
 from .metric import Metric, Readings, timed_statistic
 
 
@@ -72,8 +72,7 @@ class Forward(CallKind):
     described = "a forward pass"
     remedy = "measure the forward with model_budget(model, ...)"
     rows: ClassVar[tuple[Metric, ...]] = ROWS
-    measures = frozenset({"any", "forward"})
-    timed_metric = "latency_ms"
+    measures = frozenset({"any", "pass", "forward"})
 
     @contextmanager
     def measure(
@@ -93,4 +92,5 @@ class Forward(CallKind):
         dtype = autocast_dtype(autocast, target_device(model, args, device)) if autocast else None
         counts = count(model, args, kwargs, autocast=dtype)
         repeat = partial(repeated_forward, model, args, kwargs, autocast=dtype)
-        yield Measured(counts, repeated=Repeated(model, repeat, autocast=dtype))
+        timed = Timed("call", Repeated(model, repeat, autocast=dtype), "latency_ms", self.mode)
+        yield Measured(counts, timed=(timed,))

@@ -3,10 +3,12 @@
 A :class:`CallKind` says, for calls of its kind,
 
 * how it is counted, and what is repeated when it is timed (:meth:`CallKind.measure`),
-* which metrics it measures (its ``rows`` and the rows of every kind, ``call="any"``) and so
-  which marker keywords it accepts, and the budget options it refuses,
+* which metrics it measures (its ``rows``, the rows of every kind, ``call="any"``, and of
+  one pass of the model, ``call="pass"``) and so which marker keywords it accepts, and the
+  budget options it refuses,
 * how it is named in messages (``noun``, ``described``, ``remedy``),
-* under which fingerprint mode its timing is kept, and which metric that timing is.
+* what timing repeats (one figure or more: :class:`Timed`), under which fingerprint mode
+  each is kept, and which metric its baseline verdict is.
 
 :func:`~..budgets.measure.measure_call` resolves the budget, lets the kind measure, times what
 the kind says to repeat when the budget asks, and judges the values; it does not branch on the
@@ -42,29 +44,50 @@ class Measured:
     module_figures: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     compiled: CompileStats | None = None  # graph breaks and recompiles, for failure messages
     memory_by_kind: Mapping[str, int] = field(default_factory=dict)  # a training step's peak, by kind
-    # What timing and the CUDA peak repeat, if the budget asks for them; valid while the
-    # kind's measure() block is open (a compiled call's dynamo state is).
-    repeated: Repeated | None = None
+    # What reports show beside the metrics, JSON-able (a generation's shape and last step).
+    details: Mapping[str, Any] = field(default_factory=dict)
+    # What timing repeats, if the budget asks (the first figure: also the CUDA peak); valid
+    # while the kind's measure() block is open (a compiled call's dynamo state is).
+    timed: tuple[Timed, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One figure timing measures of a call: what to repeat, and how its time is read.
+
+    A forward has one ("call": its latency); a generation two ("ttft", the prompt's forward
+    and the first token; "generation", all of it -- its decode rate is the tokens after the
+    first over the time the generation takes beyond the first token: ``minus="ttft"``).
+    """
+
+    name: str  # what the timed rows' `timed_by` says
+    repeated: Repeated
+    judged_as: str  # the metric its baseline verdict is reported as: "latency_ms", "ttft_ms"
+    mode: str  # its timing fingerprint's mode: "eager", "train step", "generate ttft"
+    items: int | None = None  # items per call, a rate's numerator (None: the inputs' batch)
+    minus: str | None = None  # the figure whose time this one's includes (a rate is over the rest)
 
 
 class CallKind(ABC):
     """A kind of call: a forward (:mod:`.forward`), a training step (:mod:`.train_step`), a
-    compiled forward (:mod:`.compiled`). Class attributes describe the kind; an instance
+    compiled forward (:mod:`.compiled`), a generation (:mod:`.generation`). Class attributes
+    describe the kind; an instance
     carries what the test passed for one call (a training step's loss and optimizer)."""
 
-    name: ClassVar[str]  # what its rows' `call` says: "forward", "train", "compiled"
+    name: ClassVar[str]  # what its rows' `call` says: "forward", "train", "compiled", "generate"
     noun: ClassVar[str]  # "the model's {noun} raised ...": "forward", "training step"
     described: ClassVar[str]  # "{keyword} limit(s) {described}": "a forward pass"
     remedy: ClassVar[str]  # how to measure a call of this kind, for a limit put on another kind
     # What a call of this kind limits instead, when a limit of another kind is put on it.
     alternatives: ClassVar[str] = ""
+    # A timed figure a call of this kind may not time -> why, for a limit judged on it.
+    untimed: ClassVar[Mapping[str, str]] = {}
     rows: ClassVar[tuple[Metric, ...]]  # the metrics only this kind measures
     measures: ClassVar[frozenset[str]]  # the rows' `call` values it measures ("any" included)
     # Budget options (marker or budgets.yaml keywords) it cannot take -> what to do instead.
     # The run-wide twin of such an option (--budget-compile, --budget-cuda-graphs) leaves
     # calls of this kind alone.
     refused: ClassVar[Mapping[str, str]] = {}
-    timed_metric: ClassVar[str]  # the metric its timing is judged as: "latency_ms"
     # Take the CUDA allocator peak on a CUDA device even when no limit asks for it (a
     # training step reports it beside its estimate); otherwise only for a limit.
     always_cuda_peak: ClassVar[bool] = False
@@ -80,7 +103,7 @@ class CallKind(ABC):
         device: str | None,
         autocast: bool | str,
     ) -> AbstractContextManager[Measured]:
-        """Count the call; the block it opens holds what timing repeats (``Measured.repeated``).
+        """Count the call; the block it opens holds what timing repeats (``Measured.timed``).
 
         ``device``: where the call is timed (None: the model's device); ``autocast``: the
         budget's option (True, False or a dtype), for the kinds that take it.
@@ -89,7 +112,8 @@ class CallKind(ABC):
     def measures_metric(self, metric: Metric) -> bool:
         return metric.call in self.measures
 
-    def wrong_limits(self, owner: type[CallKind], keywords: Sequence[str]) -> str:
-        """The error for limits of ``owner``'s kind put on a call of this kind."""
+    def wrong_limits(self, described: str, remedy: str, keywords: Sequence[str]) -> str:
+        """The error for limits of what ``described`` names (another kind of call, or one pass
+        of the model) put on a call of this kind."""
         instead = f", not {self.described}: {self.alternatives}, or " if self.alternatives else ": "
-        return f"{', '.join(keywords)} limit(s) {owner.described}{instead}{owner.remedy}"
+        return f"{', '.join(keywords)} limit(s) {described}{instead}{remedy}"

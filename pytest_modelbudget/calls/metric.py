@@ -8,8 +8,9 @@ Each kind of call declares the rows it measures (:mod:`.forward`, :mod:`.train_s
 * where its value comes from in a measured call (``read`` from :class:`Readings`),
 * how a limit is compared (``higher_is_better`` for minimums such as throughput),
 * whether ``budgets.yaml`` keeps it as a ratcheted baseline, and whether it needs timing,
-* which kind of call measures it (``call``), its short name in reports (``label``), and the
-  per-module figure that says where it grew (``module_figure``).
+* which kind of call measures it (``call``), its short name in reports (``label``), the
+  per-module figure that says where it grew (``module_figure``), and the timed figure of the
+  call it is read from (``timed_by``: a generation times its first token and all of it).
 
 No torch here, and no I/O.
 """
@@ -17,7 +18,7 @@ No torch here, and no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..units import (
@@ -67,6 +68,8 @@ class Readings:
     # What this kind of call measured beyond a forward's counts (a training step's
     # TrainCounts, a compiled call's CompileStats); only that kind's rows read it.
     figures: Any = None
+    # Every timed figure's measurement, by name (``timing`` is the "call" one's).
+    timings: Mapping[str, TimingStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,9 @@ class Metric:
     # A ratcheted metric is stored only where this holds of the call's values (default: always).
     stored_if: Callable[[Mapping[str, float]], bool] | None = None
     zero_allowed: bool = False  # a limit of 0 means "none at all" (graph breaks), not a mistake
-    # The kind of call that measures it (a CallKind's name: "forward", "train", "compiled"),
-    # or "any". A limit on a call of another kind is an error.
+    # The kind of call that measures it (a CallKind's name: "forward", "train", "compiled",
+    # "generate"), "pass" (every kind that runs the model once) or "any". A limit on a call
+    # of another kind is an error.
     call: str = "any"
     label: str = ""  # its short name in reports ("train MACs"); the name where empty
     # Measured on CUDA only; a limit on a call that runs on the CPU is an error that names
@@ -95,6 +99,15 @@ class Metric:
     # failure names the modules where that figure grew most.
     module_figure: str | None = None
     wall_time: bool = False  # a wall-clock figure measured without timing (compile time)
+    # The timed figure of the call a timed metric is judged on (:class:`~.kind.Timed`):
+    # "call" (the forward, the step), "ttft" or "generation" (a generation).
+    timed_by: str = "call"
+
+    @property
+    def judged_while_timing(self) -> bool:
+        """A time or a rate of a timed figure: judged as the time it allows while the call is
+        timed, so that a slow-looking measurement is repeated before it is believed."""
+        return self.timed and self.unit in ("ms", "rate")
 
     def parse(self, value: object) -> float:
         return _PARSERS[self.unit](value)
@@ -116,7 +129,8 @@ class Metric:
         return self.timed or self.wall_time
 
 
-def timed_statistic(readings: Readings) -> float | None:
-    """The judged statistic (median or p90) of the call's timing, when it was timed: a
-    forward's latency, a training step's time -- each kind names it with its own row."""
-    return readings.timing.stat(readings.latency_stat) if readings.timing else None
+def timed_statistic(readings: Readings, figure: str = "call") -> float | None:
+    """The judged statistic (median or p90) of a timed figure, when it was timed: a forward's
+    latency, a training step's time, a generation's time to first token."""
+    timing = readings.timing if figure == "call" else readings.timings.get(figure)
+    return timing.stat(readings.latency_stat) if timing else None

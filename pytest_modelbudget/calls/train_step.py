@@ -14,7 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import MeasurementError
-from .kind import CallKind, Measured
+from .kind import CallKind, Measured, Timed
 from .metric import Metric, timed_statistic
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class TrainStep(CallKind):
     remedy = "measure it with model_budget.train_step(model, *inputs, target=..., loss=..., optimizer=...)"
     alternatives = "use max_train_step_ms, max_train_memory or max_train_macs"
     rows: ClassVar[tuple[Metric, ...]] = ROWS
-    measures = frozenset({"any", "train"})
+    measures = frozenset({"any", "pass", "train"})
     refused: ClassVar[Mapping[str, str]] = {
         "autocast": "autocast is not supported for training steps yet: drop autocast= from the budget",
         "compile": "a training step is counted and timed eagerly: drop compile= from the budget "
@@ -94,7 +94,6 @@ class TrainStep(CallKind):
         "cuda_graph": "a training step is timed eagerly: drop cuda_graph= from the budget "
         "(CUDA-graph replays of training steps are not measured yet)",
     }
-    timed_metric = "train_step_ms"
     always_cuda_peak = True  # reported beside the estimate
     mode = "train step"
 
@@ -127,5 +126,12 @@ class TrainStep(CallKind):
             figures=train,
             module_figures={"backward_macs": train.backward_modules},
             memory_by_kind=train.memory_by_kind,
-            repeated=Repeated(model, partial(train_step_on, model, args, kwargs, spec=self.spec)),
+            timed=(
+                Timed(
+                    "call",
+                    Repeated(model, partial(train_step_on, model, args, kwargs, spec=self.spec)),
+                    "train_step_ms",
+                    self.mode,
+                ),
+            ),
         )

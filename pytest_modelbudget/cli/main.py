@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the optimizer of --train (implies it): adamw (default), adam, sgd, sgd-momentum, rmsprop, "
         "adagrad, ... or none for forward and backward only",
     )
+    profile.add_argument(
+        "--generate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="count a greedy generation of N new tokens after the --input prompt (token ids, e.g. "
+        "1x128:int64) instead of one forward: prefill and decode MACs, the last step, the KV cache",
+    )
     profile.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     merge.add_parser(commands)
     compare.add_parser(commands)
@@ -145,6 +153,7 @@ def _profile(args: argparse.Namespace) -> int:
                 else (DEFAULT_BACKEND if args.compile else None)
             ),
             optimizer=args.optimizer if args.optimizer is not None else ("adamw" if args.train else None),
+            new_tokens=args.generate,
         )
     except ProfileError as error:
         print(f"{PROG} profile: error: {error}", file=sys.stderr)

@@ -6,7 +6,8 @@ per module, the totals, the ops the counter has no formula for, and a
 ``@pytest.mark.model_budget(...)`` line with headroom, ready to paste into a test. With
 ``--compile`` it also compiles the model (:mod:`pytest_modelbudget.core.compiling`, in a clean
 dynamo state) and reports its graphs, graph breaks, recompiles, kernels and compile time;
-the counts are still those of the eager model.
+the counts are still those of the eager model. With ``--train`` it counts a training step,
+with ``--generate N`` a greedy generation of N tokens after the prompt.
 
 This module parses the arguments, builds the model and counts it into a
 :class:`~pytest_modelbudget.budgets.profile.Profile`; :mod:`pytest_modelbudget.report.profile`
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from ..core.compiling import CompileStats
     from ..core.counting.count import Counts
+    from ..core.generation.count import GenerationCounts
 
 _T = TypeVar("_T")
 
@@ -263,11 +265,14 @@ def profile_model(
     hardware: str | None = None,
     compile_backend: str | None = None,
     optimizer: str | None = None,
+    new_tokens: int | None = None,
 ) -> Profile:
     """Parse the arguments, build the model, count one forward pass (and compile it, if asked).
 
     ``optimizer`` (``--train``): count one training step with that optimizer (``"none"``:
     forward and backward only) and the default loss, the sum of the output's float tensors.
+    ``new_tokens`` (``--generate``): count a greedy generation of that many tokens after the
+    prompt (the one ``--input``, token ids) instead.
     """
     module_name, attribute = parse_target(target)
     specs = tuple(parse_input(text) for text in inputs)
@@ -281,6 +286,10 @@ def profile_model(
         raise ProfileError("--compile runs the model: profile it with --device cpu or cuda, not meta")
     if optimizer is not None and compile_backend is not None:
         raise ProfileError("--train counts the eager training step: drop --compile")
+    if new_tokens is not None:
+        _check_generation(
+            new_tokens, specs, train=optimizer is not None, compiled=compile_backend is not None
+        )
     from ..core.training.optimizers import OPTIMIZER_NAMES
 
     if optimizer is not None and optimizer != "none" and optimizer.lower() not in OPTIMIZER_NAMES:
@@ -296,9 +305,15 @@ def profile_model(
     on = str(model_device(model, ()))
     # Inputs live where the weights are; a meta model runs on meta tensors only.
     tensors = make_inputs(specs, "meta" if on == "meta" else on)
-    train = None
+    train = generation = None
+    if new_tokens is not None:
+        # Token ids are real even for a model on meta: generate() reads them as it prepares.
+        prompt = make_inputs(specs, "cpu" if on == "meta" else on)[0]
+        generation = _count_generation(model, prompt, new_tokens, on)
     try:
-        if optimizer is not None:
+        if generation is not None:
+            counts = generation.prefill
+        elif optimizer is not None:
             step = TrainSpec(optimizer=None if optimizer == "none" else optimizer.lower())
             train = count_train_step(model, tensors, spec=step, execution="meta" if on == "meta" else "auto")
             counts = train.forward
@@ -332,12 +347,50 @@ def profile_model(
         headroom=room,
         counts=counts,
         rows=module_rows(model, counts, depth, train.backward_modules if train else None),
+        generation=generation,
         notes=tuple(notes),
         roofline=estimate(counts.ops, spec) if spec else None,
         compile_backend=compile_backend,
         compiled=compiled,
         train=train,
     )
+
+
+def _check_generation(new_tokens: int, specs: Sequence[InputSpec], *, train: bool, compiled: bool) -> None:
+    if new_tokens < 1:
+        raise ProfileError(f"--generate {new_tokens}: a generation makes at least one new token")
+    if train or compiled:
+        raise ProfileError(
+            f"--generate counts an eager generation: drop {'--train' if train else '--compile'}"
+        )
+    if len(specs) != 1 or specs[0].dtype.startswith(("float", "bfloat", "complex", "bool")):
+        raise ProfileError(
+            "--generate takes one --input, the prompt's token ids: --input 1x128:int64 (batch x tokens)"
+        )
+    if len(specs[0].shape) != 2:
+        raise ProfileError(f"--generate: the prompt {specs[0]} is not batch x tokens, e.g. 1x128:int64")
+
+
+def _count_generation(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, on: str
+) -> GenerationCounts:
+    from ..core.generation.count import count_generation
+    from ..core.generation.spec import GenerationSpec, can_generate
+
+    if not can_generate(model):
+        raise ProfileError(
+            f"--generate needs a model with transformers' generate() (GenerationMixin), and "
+            f"{type(model).__name__} has none: budget a hand-written decoder in a test, with "
+            "model_budget.generate(model, input_ids, max_new_tokens=..., step=...)"
+        )
+    try:
+        return count_generation(
+            model, prompt, GenerationSpec(new_tokens), execution="meta" if on == "meta" else "auto"
+        )
+    except MeasurementError as error:  # no generate(), ...
+        raise ProfileError(f"--generate: {_folded(error)}") from None
+    except Exception as error:  # the model's own
+        raise ProfileError(f"the generation of {type(model).__name__} raised {_one_line(error)}") from None
 
 
 def compile_model(model: torch.nn.Module, tensors: Sequence[torch.Tensor], backend: str) -> CompileStats:
@@ -369,6 +422,7 @@ def run(
     hardware: str | None = None,
     compile_backend: str | None = None,
     optimizer: str | None = None,
+    new_tokens: int | None = None,
 ) -> list[str]:
     """The command's output lines; raises :class:`ProfileError` for anything the user can fix.
 
@@ -384,6 +438,7 @@ def run(
         hardware=hardware,
         compile_backend=compile_backend,
         optimizer=optimizer,
+        new_tokens=new_tokens,
     )
     if as_json:
         return [json.dumps(to_json(profile), indent=2)]

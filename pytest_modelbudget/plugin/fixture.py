@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 
 class ModelBudget:
-    """The ``model_budget`` fixture: ``model_budget(model, *inputs, **forward_kwargs)``.
+    """The ``model_budget`` fixture: ``model_budget(model, *inputs, **forward_kwargs)``; also
+    ``.train_step(...)`` and ``.generate(...)``.
 
     With ``--model-budget``: counts one forward pass, checks it against the marker's
     limits, the file's limits and the baseline, fails the test with a clear message when
@@ -108,6 +109,41 @@ class ModelBudget:
             return None
         return self._measure(model, inputs, forward_kwargs, name, key, kind=TrainStep(spec))
 
+    def generate(
+        self,
+        model: Any,
+        input_ids: Any,
+        *,
+        max_new_tokens: int,
+        step: Any = None,
+        name: str | None = None,
+        **generate_kwargs: Any,
+    ) -> Measurement | None:
+        """Measure a greedy generation of ``max_new_tokens`` tokens after ``input_ids``: its
+        prefill and decode MACs, its KV cache and, when timed, its time to first token and
+        decode rate (see docs/generation.md).
+
+        A transformers model runs through its own ``generate`` (``generate_kwargs`` go to
+        it: ``attention_mask=``, ``cache_implementation=``); a decoder without one gives
+        ``step(model, tokens, positions) -> logits``. Without ``--model-budget`` it runs one
+        real greedy generation, the model left as it was.
+        """
+        __tracebackhide__ = True
+        from ..calls.generation import Generate
+        from ..core.generation.spec import GenerationSpec, checked
+
+        key = self._register_call(name)
+        spec = GenerationSpec(max_new_tokens=max_new_tokens, step=step, generate_kwargs=generate_kwargs)
+        with self._errors_as_failures(key, "generation"):
+            prompt = checked(model, input_ids, spec)  # bad input fails also without --model-budget
+        if self._session is None:
+            from ..core.generation.run import generate_once
+
+            with self._errors_as_failures(key, "generation"):
+                generate_once(model, prompt, spec)
+            return None
+        return self._measure(model, (input_ids,), {}, name, key, kind=Generate(spec))
+
     def _require_inputs(
         self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str
     ) -> None:
@@ -120,6 +156,14 @@ class ModelBudget:
         if not args and not kwargs:
             raise pytest.fail.Exception(
                 f"{what} needs the forward's inputs: {what}(model, torch.randn(1, 3, 224, 224))",
+                pytrace=False,
+            )
+        generation = _generation_keywords(model, kwargs)
+        if generation:
+            raise pytest.fail.Exception(
+                f"{what}: {', '.join(f'{k}=' for k in generation)}: "
+                "keyword(s) of a generation, not of a forward: "
+                "measure it with model_budget.generate(model, input_ids, max_new_tokens=...)",
                 pytrace=False,
             )
 
@@ -218,6 +262,22 @@ class ModelBudget:
             reporter.write_line(f"  [model_budget] {nodeid}: {message}")
 
         return say
+
+
+def _generation_keywords(model: Any, kwargs: Mapping[str, Any]) -> list[str]:
+    """The keywords of ``generate()`` among a forward's, unless the forward names them itself."""
+    import inspect
+
+    from ..core.generation.spec import GENERATION_KEYWORDS
+
+    found = sorted(GENERATION_KEYWORDS & set(kwargs))
+    if not found:
+        return []
+    try:
+        named = set(inspect.signature(getattr(model, "forward", model)).parameters)
+    except (TypeError, ValueError):
+        named = set()
+    return [keyword for keyword in found if keyword not in named]
 
 
 def _runnable(model: Any) -> Any:

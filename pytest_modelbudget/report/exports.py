@@ -8,8 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from ..budgets.metrics import METRICS_BY_NAME
 from ..budgets.results import CallResult
 from ..budgets.shards import REPORT_SCHEMA, REPORT_VERSION, RunRecord
-from ..units import format_count
-from .words import verdict_counts, worst_check
+from .words import macs_cell, verdict_counts, worst_check
 
 
 def environment() -> dict[str, str]:
@@ -59,9 +58,11 @@ def json_report(
                 "modules": {k: dict(v) for k, v in result.modules.items()},
                 "uncounted": dict(result.uncounted),
                 "timing": result.timing.to_dict() if result.timing else None,
+                "timings": {name: stats.to_dict() for name, stats in result.timings.items()},
                 "macs_by_dtype": dict(result.macs_by_dtype),
                 "compiled": result.compiled.to_dict() if result.compiled else None,
                 "memory_by_kind": dict(result.memory_by_kind),
+                "details": dict(result.details),
                 "result": result.to_dict(),
             }
         )
@@ -101,8 +102,7 @@ def markdown_lines(results: Sequence[CallResult], *, title: str = "Model budgets
     for result in sorted(results, key=lambda r: r.key):
         worst = worst_check(result.checks)
         if worst is None:
-            macs = format_count(result.metrics["macs"])
-            yield f"| `{result.key}` | macs | {macs} | - | - | - | {result.verdict.value} |"
+            yield f"| `{result.key}` | macs | {macs_cell(result)} | - | - | - | {result.verdict.value} |"
             continue
         metric = METRICS_BY_NAME[worst.metric]
         kind = "baseline" if worst.is_baseline else f"limit ({worst.source.value})"

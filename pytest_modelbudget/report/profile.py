@@ -17,6 +17,7 @@ from .words import dtype_breakdown, graph_break_lines
 if TYPE_CHECKING:
     from ..budgets.profile import Profile
     from ..core.compiling import CompileStats
+    from ..core.generation.count import GenerationCounts
     from ..core.training.count import TrainCounts
 
 
@@ -29,8 +30,10 @@ def render_lines(profile: Profile) -> Iterator[str]:
     """The human-readable profile: header, module table, totals, uncounted ops, marker, compile figures."""
     counts = profile.counts
     inputs = ", ".join(str(spec) for spec in profile.inputs)
-    train = profile.train
+    train, generation = profile.train, profile.generation
     mode = f"one training step (optimizer {train.optimizer})" if train else "eval mode"
+    if generation is not None:
+        mode = f"a greedy generation of {generation.new_tokens} new token(s), prefill below"
     yield f"{profile.target}, inputs {inputs}, {mode}, counted on {counts.executed_on}"
     if counts.meta_refused:
         yield f"  (not on meta: {counts.meta_refused})"
@@ -44,7 +47,12 @@ def render_lines(profile: Profile) -> Iterator[str]:
     if train is not None:
         yield from _train_section(train)
         yield ""
-    uncounted = train.uncounted if train else counts.uncounted
+    if generation is not None:
+        yield from _generation_section(generation)
+        yield ""
+    uncounted = (
+        train.uncounted if train else _generation_uncounted(generation) if generation else counts.uncounted
+    )
     if uncounted:
         ops = ", ".join(f"{op} x{n}" for op, n in uncounted.items())
         yield f"uncounted ops (arithmetic with no MAC formula, not in the MACs above): {ops}"
@@ -59,11 +67,44 @@ def render_lines(profile: Profile) -> Iterator[str]:
             optimizer = "" if train.optimizer == "none" else f', optimizer="{train.optimizer}"'
             call = f"model_budget.train_step(model, *inputs, target=..., loss=...{optimizer})"
             yield f"for a test calling {call}"
+        if generation is not None:
+            new_tokens = generation.new_tokens
+            yield f"for a test calling model_budget.generate(model, input_ids, max_new_tokens={new_tokens})"
     else:
         yield "suggested budget: none (the model has no MACs, params or size to limit)"
     if profile.compiled is not None:
         yield ""
         yield from _compile_section(profile.compiled, profile.compile_backend)
+
+
+def _generation_section(generation: GenerationCounts) -> Iterator[str]:
+    """``--generate``: the prefill, the decode steps, the last of them, the KV cache by dtype."""
+    rows = [
+        ("prompt", f"{generation.batch} x {generation.prompt_tokens} tokens"),
+        ("prefill MACs", f"{format_count(generation.prefill.macs)} ({generation.prefill.macs:,})"),
+        (
+            "decode MACs",
+            f"{format_count(generation.decode.macs)} ({generation.decode.macs:,}, "
+            f"{generation.new_tokens - 1} step(s) after the first token)",
+        ),
+        (
+            "last step",
+            f"{format_count(generation.last_step_macs)} MACs at context {generation.last_context}",
+        ),
+        ("KV cache", f"{format_bytes(generation.kv_cache)} ({generation.kv_cache:,} bytes)"),
+        *((f"  {dtype}", format_bytes(n)) for dtype, n in generation.kv_cache_by_dtype.items()),
+    ]
+    yield f"generation ({generation.new_tokens} new token(s), greedy; counted on {generation.executed_on})"
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        yield f"  {name.ljust(width)}  {value}"
+
+
+def _generation_uncounted(generation: GenerationCounts) -> dict[str, int]:
+    total = dict(generation.prefill.uncounted)
+    for op, n in generation.decode.uncounted.items():
+        total[op] = total.get(op, 0) + n
+    return dict(sorted(total.items()))
 
 
 def _train_section(train: TrainCounts) -> Iterator[str]:
@@ -241,6 +282,22 @@ def to_json(profile: Profile) -> dict[str, Any]:
             {"backend": profile.compile_backend, **profile.compiled.to_dict()} if profile.compiled else None
         ),
         "train": _train_json(profile.train) if profile.train else None,
+        "generation": _generation_json(profile.generation) if profile.generation else None,
+    }
+
+
+def _generation_json(generation: GenerationCounts) -> dict[str, Any]:
+    return {
+        "batch": generation.batch,
+        "prompt_tokens": generation.prompt_tokens,
+        "new_tokens": generation.new_tokens,
+        "prefill_macs": generation.prefill.macs,
+        "decode_macs": generation.decode.macs,
+        "step_macs": list(generation.step_macs),
+        "last_context": generation.last_context,
+        "kv_cache": generation.kv_cache,
+        "kv_cache_by_dtype": dict(generation.kv_cache_by_dtype),
+        "executed_on": generation.executed_on,
     }
 
 

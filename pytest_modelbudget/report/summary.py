@@ -10,7 +10,16 @@ from ..budgets.results import CallResult
 from ..calls.common import beyond_float32
 from ..units import format_count, format_duration
 from .text_table import text_table
-from .words import COUNTED_ORDER, dtype_shares, formula_hint, verdict_counts, worst_check, zero_macs
+from .words import (
+    COUNTED_ORDER,
+    dtype_shares,
+    formula_hint,
+    generation_line,
+    macs_cell,
+    verdict_counts,
+    worst_check,
+    zero_macs,
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ def summary_lines(
         rows.append(
             (
                 result.key,
-                format_count(result.metrics["macs"]),
+                macs_cell(result),
                 *((dtype_shares(result.macs_by_dtype),) if typed else ()),
                 format_count(result.metrics["params"]),
                 *((_active(result),) if routed else ()),
@@ -76,6 +85,9 @@ def summary_lines(
         )
     if rows:
         yield from text_table(headers, rows)
+    for result in sorted(results, key=lambda r: r.key):
+        if result.details.get("new_tokens"):
+            yield f"generation {result.key}: {generation_line(result)}"
     counts = verdict_counts(results)
     parts = [f"{counts[v.value]} {v.value}" for v in COUNTED_ORDER if counts[v.value]]
     yield f"{len(results)} measured call(s): " + (", ".join(parts) if parts else "none")

@@ -114,3 +114,34 @@ def formula_hint(uncounted: Mapping[str, int]) -> str:
         f"give {', '.join(own)} a formula: pytest_modelbudget.register_mac_formula({name!r}, "
         "lambda *args, out: ...), or register_flop_formula from torch.utils.flop_counter"
     )
+
+
+def macs_cell(result: CallResult) -> str:
+    """A call's MACs in a table: one pass's, or a generation's prefill + decode."""
+    metrics = result.metrics
+    if "macs" in metrics:
+        return format_count(metrics["macs"])
+    if "prefill_macs" in metrics:
+        return f"{format_count(metrics['prefill_macs'])} + {format_count(metrics.get('decode_macs', 0))}"
+    return "-"
+
+
+def generation_line(result: CallResult) -> str:
+    """``prompt 2 x 10, 6 new tokens: last step 48.9 k MACs at context 15; KV cache 7.7 kB
+    (float32); TTFT 1.2 ms, 4.1 k decode tokens/s`` -- a generation's shape and last step."""
+    details, metrics = result.details, result.metrics
+    parts = [
+        f"prompt {details['batch']} x {details['prompt_tokens']}, {details['new_tokens']} new tokens: "
+        f"last step {format_count(details['last_step_macs'])} MACs at context {details['last_context']}"
+    ]
+    if "kv_cache" in metrics:
+        dtypes = ", ".join(details.get("kv_cache_by_dtype") or {}) or "empty"
+        parts.append(f"KV cache {format_bytes(metrics['kv_cache'])} ({dtypes})")
+    timed = [
+        f"{METRICS_BY_NAME[name].shown_as} {METRICS_BY_NAME[name].format(metrics[name])}"
+        for name in ("ttft_ms", "decode_tokens_per_s")
+        if name in metrics
+    ]
+    if timed:
+        parts.append(", ".join(timed))
+    return "; ".join(parts)
