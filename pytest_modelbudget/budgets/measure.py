@@ -62,6 +62,7 @@ def measure_call(
     budget = resolve(marker, entry.budget if entry else None, settings)
     if kind is None:
         kind = forward_kind(model, budget.compile, eager=budget.eager, earlier=earlier_inputs)
+    kind = kind.fitted(budget.options)
     _refuse_what_it_cannot_measure(kind, budget)
     budget = _fitted(budget, kind)
     run = DeviceRun(args, kwargs, budget, kind, entry, progress=progress)
@@ -147,10 +148,11 @@ def _refuse_what_it_cannot_measure(kind: CallKind, budget: CallBudget) -> None:
 
 
 def _fitted(budget: CallBudget, kind: CallKind) -> CallBudget:
-    """The budget's timing settings for this kind of call: no CUDA graphs where the kind is
-    timed without (a run-wide --budget-cuda-graphs leaves it alone; the budget's own
-    cuda_graph= was refused). Each timed figure brings its fingerprint mode (``Timed.mode``)."""
-    if "cuda_graph" not in kind.refused:
+    """The budget's timing settings for this kind of call: no CUDA graph of the whole call
+    where the kind is timed without one (a run-wide --budget-cuda-graphs leaves it alone; the
+    budget's own cuda_graph= was refused) or graphs its own steps (:meth:`CallKind.fitted`).
+    Each timed figure brings its fingerprint mode (``Timed.mode``)."""
+    if "cuda_graph" not in kind.refused and kind.graphs_whole_call:
         return budget
     return replace(budget, timing=replace(budget.timing, cuda_graph=False))
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import MeasurementError
 from .kind import CallKind, Measured, Timed
 from .metric import Metric, Readings, timed_statistic
 
@@ -122,16 +123,29 @@ class Generate(CallKind):
         "(model.to(torch.bfloat16))",
         "compile": "a generation is counted and timed eagerly: drop compile= from the budget "
         "(compiled generation is not measured yet)",
-        "cuda_graph": "a generation is timed eagerly: drop cuda_graph= from the budget "
-        "(CUDA-graph replays of decode steps are not measured yet)",
     }
     untimed: ClassVar[Mapping[str, str]] = {
         "generation": "a generation of one new token has no decode to time: make max_new_tokens 2 or more",
     }
+    graphs_whole_call = False  # cuda_graph= replays each decode step (fitted), not the loop
     mode = "generate"
 
     def __init__(self, spec: GenerationSpec) -> None:
         self.spec = spec
+
+    def fitted(self, options: Mapping[str, Any]) -> Generate:
+        """With the budget's ``cuda_graph=True``: each decode step timed as a CUDA-graph replay,
+        for a ``step=`` decoder (the run-wide ``--budget-cuda-graphs`` leaves generations eager)."""
+        if not options.get("cuda_graph"):
+            return self
+        if self.spec.step is None:
+            raise MeasurementError(
+                "cuda_graph= on a generation replays its decode step as a CUDA graph, which needs "
+                "a static KV cache and a step= that runs one step on fixed tensors: transformers' "
+                "generate prepares new tensors at every step. Give step= over a static cache "
+                "(docs/generation.md), or drop cuda_graph="
+            )
+        return Generate(replace(self.spec, cuda_graph=True))
 
     @contextmanager
     def measure(
@@ -158,11 +172,9 @@ class Generate(CallKind):
         figures = [Timed("ttft", timed(1), "ttft_ms", f"{self.mode} ttft")]
         if self.spec.max_new_tokens > 1:  # one new token is its first: there is no decode to time
             tokens = counted.batch * (self.spec.max_new_tokens - 1)
-            figures.append(
-                Timed(
-                    "generation", timed(self.spec.max_new_tokens), "generation_ms", self.mode, tokens, "ttft"
-                )
-            )
+            mode = f"{self.mode} cuda-graph" if self.spec.cuda_graph else self.mode
+            whole = timed(self.spec.max_new_tokens)
+            figures.append(Timed("generation", whole, "generation_ms", mode, tokens, "ttft"))
         yield Measured(
             _whole(counted),
             figures=counted,

@@ -91,7 +91,15 @@ class CallKind(ABC):
     # Take the CUDA allocator peak on a CUDA device even when no limit asks for it (a
     # training step reports it beside its estimate); otherwise only for a limit.
     always_cuda_peak: ClassVar[bool] = False
+    # Whether a CUDA graph, when timing asks for one, is of the whole call (the timer captures
+    # it); a generation graphs its decode step itself (:meth:`fitted`), never the whole loop.
+    graphs_whole_call: ClassVar[bool] = True
     mode: str = "eager"  # its timing fingerprint's mode
+
+    def fitted(self, options: Mapping[str, Any]) -> CallKind:
+        """This kind for the call options of its budget (marker and ``budgets.yaml``
+        keywords, parsed): itself, unless the kind takes an option into what it measures."""
+        return self
 
     @abstractmethod
     def measure(

@@ -21,6 +21,7 @@ fixed number of tokens needs neither), and its extra look-ahead forward on CUDA
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -28,6 +29,9 @@ import torch
 
 from ...errors import MeasurementError
 from .spec import GenerationSpec
+
+# One decode step of a step= decoder: (tokens, positions) -> the step's output.
+DecodeStep = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
 class Hooks:
@@ -50,6 +54,11 @@ class Hooks:
 
     def finished(self, cache: Any) -> None:
         """The cache ``generate`` held at the end (transformers only)."""
+
+    def decode_step(self, step: DecodeStep) -> DecodeStep:
+        """What runs each decode step of a ``step=`` decoder: the step itself, or the replay
+        of its CUDA graph when timing asks (:mod:`.run`)."""
+        return step
 
 
 def generate_greedy(model: Any, prompt: torch.Tensor, spec: GenerationSpec, hooks: Hooks) -> None:
@@ -122,6 +131,8 @@ def _through_step(model: Any, prompt: torch.Tensor, spec: GenerationSpec, hooks:
     assert spec.step is not None
     length = int(prompt.shape[1])
     device = prompt.device
+    step = spec.step
+    decode_step = hooks.decode_step(lambda tokens, positions: step(model, tokens, positions))
     with hooks.prefill():
         logits = logits_of(spec.step(model, prompt, torch.arange(length, device=device)))
         token = logits[:, -1].argmax(-1, keepdim=True)
@@ -129,7 +140,7 @@ def _through_step(model: Any, prompt: torch.Tensor, spec: GenerationSpec, hooks:
     with hooks.decode():
         for i in range(spec.max_new_tokens - 1):
             with hooks.step():
-                logits = logits_of(spec.step(model, token, torch.tensor([length + i], device=device)))
+                logits = logits_of(decode_step(token, torch.tensor([length + i], device=device)))
             token = logits[:, -1].argmax(-1, keepdim=True)
             hooks.token(token)
 

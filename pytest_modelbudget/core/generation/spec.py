@@ -32,6 +32,9 @@ class GenerationSpec:
     max_new_tokens: int
     step: Step | None = None  # for a model without transformers' generate
     generate_kwargs: Mapping[str, Any] = field(default_factory=dict)  # passed on to generate()
+    # Time each decode step as a CUDA-graph replay (the budget's cuda_graph=; step= only: a
+    # static cache and a step on fixed tensors are what a graph can replay). Counting ignores it.
+    cuda_graph: bool = False
 
 
 # generate() keywords a greedy generation of exactly max_new_tokens tokens decides itself.
