@@ -11,6 +11,11 @@ import pytest
 # So torch is imported, and one count of each kind is done, before any inner run.
 import torch
 
+# PyYAML likewise: re-imported by a later inner run, its Python classes would no longer be
+# the ones its C extension (libyaml, which budgets.yaml is written with) checks against, and
+# the dump fails with "expected SCALAR, SEQUENCE-START, MAPPING-START, or ALIAS".
+import yaml  # noqa: F401
+
 
 def _load_torch_lazily_imported_modules() -> None:
     from pytest_modelbudget.core.counting.count import count
