@@ -3,10 +3,15 @@
 Writes a small pytest project into a temporary folder: three models at batch 1 on one
 thread (a conv net, a transformer encoder layer, an MLP), each with a plugin test
 (``@pytest.mark.model_budget(timing=True)``) and a pytest-benchmark test. ``SLOW=1`` in
-the environment slows every model's forward by about 25% with host-side Python work
-(``--slow-kind work``, the default: a loop sized at baseline time to a quarter of the
-forward) or a busy-wait of a quarter of the forward's wall time (``--slow-kind wait``);
-the MACs are unchanged.
+the environment slows every model's forward by about 25%, the MACs unchanged, in one of
+these ways (``--slow-kind``), each sized at calibration to a quarter of the forward:
+
+* ``work`` (the default): host-side Python work on the timing thread;
+* ``sleep``: the forward sleeps (``time.sleep``) -- a wait, no CPU time;
+* ``thread``: the same Python work on a worker thread that the forward hands it to and
+  waits for (a thread pool, as tokenizers and data loaders run);
+* ``wait``: a busy-wait until a wall-clock deadline -- part work and part wait when a
+  neighbour preempts it, so no fair "25% more work" under noise (kept for comparison).
 
 1. Baselines, on the machine as it is (keep it quiet):
    ``pytest --model-budget --update-budgets -k plugin`` and
@@ -30,6 +35,7 @@ Commands (from the repository root; the machine should be otherwise quiet)::
     .venv/bin/python benchmarks/noise.py --runs 5 --json noise.json
     .venv/bin/python benchmarks/noise.py --runs 3 --conditions quiet,bursty-all
     .venv/bin/python benchmarks/noise.py --keep /tmp/noise-project   # keep the project to rerun by hand
+    .venv/bin/python benchmarks/noise.py --slow-kind sleep --tools plugin   # a forward that waits
 
 The neighbour runs ``--neighbour-work torch`` (a 256x256 matmul loop on one thread per
 worker, like another model test suite; default) or ``python`` (a pure-Python loop); it
@@ -95,8 +101,20 @@ def busy_wait(seconds: float) -> None:
         pass
 
 
+_POOL = []
+
+
+def worker_pool():
+    """One worker thread, started once: the forward hands it work and waits for it."""
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(1))
+    return _POOL[0]
+
+
 class Slowed(nn.Module):
-    """The model, then host-side work: the same MACs, a slower forward."""
+    """The model, then host-side work or a wait: the same MACs, a slower forward."""
 
     def __init__(self, inner: nn.Module, kind: str, amount: float) -> None:
         super().__init__()
@@ -106,6 +124,10 @@ class Slowed(nn.Module):
         out = self.inner(x)
         if self.kind == "work":
             python_work(int(self.amount))
+        elif self.kind == "sleep":
+            time.sleep(self.amount)
+        elif self.kind == "thread":
+            worker_pool().submit(python_work, int(self.amount)).result()
         else:
             busy_wait(self.amount)
         return out
@@ -197,7 +219,10 @@ with torch.inference_mode():
         model, x = plain(name)
         forward[name] = median_ms(lambda: model(x))
         extra_ms = forward[name] * share
-        amount[name] = extra_ms / loop_ms if kind == "work" else extra_ms / 1e3
+        amount[name] = extra_ms / loop_ms if kind in ("work", "thread") else extra_ms / 1e3
+        if kind == "sleep":  # a sleep overshoots (timer slack, the wake-up): ask for less
+            overshoot_ms = median_ms(lambda: time.sleep(amount[name]), 0.5) - extra_ms
+            amount[name] = max(extra_ms - overshoot_ms, 0.01) / 1e3
         model = Slowed(model, kind, amount[name])
         slowed[name] = median_ms(lambda: model(x))
 print(json.dumps({"kind": kind, "amount": amount, "forward_ms": forward, "slowed_ms": slowed}))
@@ -477,20 +502,9 @@ def check_run(
     relatives: dict[str, float],
     bench: dict[str, float],
 ) -> list[Run]:
+    (first,) = plugin_run(folder, condition, slowed, index, relatives)
     tag = f"{condition}-{'slow' if slowed else 'same'}-{index}"
-    report, junit, bench_json = (folder / "out" / f"{tag}{ext}" for ext in (".json", ".xml", ".bench.json"))
-    process = run(
-        folder,
-        pytest_args("--model-budget", "-k", "plugin", f"--budget-json={report}", f"--junitxml={junit}"),
-        slow=slowed,
-    )
-    first = Run(condition, slowed, "plugin", process.wall_s, process.returncode)
-    first.plugin = plugin_calls(report, junit, relatives)
-    if len(first.plugin) != len(MODELS):
-        print(
-            f"  plugin run {tag}: {len(first.plugin)} calls, exit {process.returncode}:\n"
-            f"{process.output[-2000:]}"
-        )
+    bench_json = folder / "out" / f"{tag}.bench.json"
     process = run(
         folder,
         pytest_args(
@@ -506,6 +520,27 @@ def check_run(
     second = Run(condition, slowed, "pytest-benchmark", process.wall_s, process.returncode)
     second.bench = bench_calls(process, bench_json, bench)
     return [first, second]
+
+
+def plugin_run(
+    folder: Path, condition: str, slowed: bool, index: int, relatives: dict[str, float]
+) -> list[Run]:
+    """A check run of the plugin (alone with ``--tools plugin``; else before pytest-benchmark)."""
+    tag = f"{condition}-{'slow' if slowed else 'same'}-{index}"
+    report, junit = (folder / "out" / f"{tag}{ext}" for ext in (".json", ".xml"))
+    process = run(
+        folder,
+        pytest_args("--model-budget", "-k", "plugin", f"--budget-json={report}", f"--junitxml={junit}"),
+        slow=slowed,
+    )
+    first = Run(condition, slowed, "plugin", process.wall_s, process.returncode)
+    first.plugin = plugin_calls(report, junit, relatives)
+    if len(first.plugin) != len(MODELS):
+        print(
+            f"  plugin run {tag}: {len(first.plugin)} calls, exit {process.returncode}:\n"
+            f"{process.output[-2000:]}"
+        )
+    return [first]
 
 
 # -- the tables -----------------------------------------------------------------------
@@ -644,7 +679,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="check runs per condition and variant")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"of {', '.join(CONDITIONS)}")
-    parser.add_argument("--slow-kind", choices=("work", "wait"), default="work")
+    parser.add_argument("--slow-kind", choices=("work", "sleep", "thread", "wait"), default="work")
+    parser.add_argument(
+        "--tools", choices=("both", "plugin"), default="both", help="plugin: skip the pytest-benchmark runs"
+    )
     parser.add_argument("--neighbour-work", choices=("torch", "python"), default="torch")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--json", type=Path, help="write every run here")
@@ -682,21 +720,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             with neighbour(folder, condition, work=args.neighbour_work, seed=args.seed):
                 for index in range(args.runs):
                     for slowed in (False, True):
-                        done = check_run(
-                            folder,
-                            condition,
-                            slowed,
-                            index,
-                            baseline["relatives"],
-                            baseline["bench_medians_s"],
-                        )
+                        if args.tools == "plugin":
+                            done = plugin_run(folder, condition, slowed, index, baseline["relatives"])
+                        else:
+                            done = check_run(
+                                folder,
+                                condition,
+                                slowed,
+                                index,
+                                baseline["relatives"],
+                                baseline["bench_medians_s"],
+                            )
                         runs += done
                         statuses = " ".join(f"{c.model}:{c.status}" for c in done[0].plugin)
-                        failed = " ".join(c.model for c in done[1].bench if c.failed) or "-"
+                        bench = ""
+                        if len(done) > 1:
+                            failed = " ".join(c.model for c in done[1].bench if c.failed) or "-"
+                            bench = f"; pytest-benchmark failed {failed} ({done[1].wall_s:.1f} s)"
                         print(
                             f"  {condition} {'slowed' if slowed else 'same  '} {index + 1}/{args.runs}: "
-                            f"plugin {statuses} ({done[0].wall_s:.1f} s); "
-                            f"pytest-benchmark failed {failed} ({done[1].wall_s:.1f} s)",
+                            f"plugin {statuses} ({done[0].wall_s:.1f} s){bench}",
                             flush=True,
                         )
         print()

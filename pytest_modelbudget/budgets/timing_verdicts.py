@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..core.timing.own_time import OWN_CLOCKS
 from ..core.timing.timer import TimingStats, standard_error
 from .checks import Status
 
@@ -138,7 +139,8 @@ def judge(
       baseline's. Within ``tolerance`` that is fine;
     * on CPU, the model's *own* slowdown: its time per call relative to a speed probe (a
       small matmul) timed just before each block of calls, against the same ratio in the
-      baseline -- in the timing thread's CPU time where it runs on one thread. A shared
+      baseline -- in its own time where it runs on one thread (wall time less run-queue
+      waits, or the thread's CPU time: :mod:`~..core.timing.own_time`). A shared
       machine goes through slow periods in which the model and the probe slow down
       together, and the ratio barely moves; a slower model moves it.
 
@@ -147,7 +149,8 @@ def judge(
     -- the latency on a crowded machine, the ratio where the probe's own speed differs
     between processes (measured: up to 13% on this project's machine). A latency beyond the
     tolerance that the own slowdown does not confirm is "ok" when the ratio was measured in
-    the thread's CPU time (the time was lost to other processes, not the model), else
+    the model's own time (the time was lost to other processes, not the model; the verdict
+    says so: ``machine busy: +38% latency, own cost +2%``), else
     "inconclusive": the time was lost to the machine.
 
     Where there is no ratio (CUDA, or a baseline recorded without it) the latency decides,
@@ -163,7 +166,7 @@ def judge(
     own, own_error = found
     # How much slower the machine ran: the part of the latency change the model does not explain.
     machine = measured / reference / own
-    own_clock = all(m.own_clock == "thread" for m in measurements if m.relative)
+    own_clock = all(m.own_clock in OWN_CLOCKS for m in measurements if m.relative)
     verdict = _judge_own_slowdown(own, own_error, machine, measured, reference, tolerance, own_clock)
     return replace(verdict, own_slowdown=own, machine=machine)
 
@@ -177,7 +180,7 @@ def _judge_own_slowdown(
     tolerance: float,
     own_clock: bool,
 ) -> TimingVerdict:
-    clock = ", both in the timing thread's CPU time" if own_clock else ""
+    clock = ", both in the model's own time" if own_clock else ""
     relative = (
         f"relative to this machine's speed (a probe timed before each block of calls{clock}) the model "
         f"is {_change(own)} the baseline; the machine ran {_change(machine)} when the baseline was recorded"
@@ -187,9 +190,10 @@ def _judge_own_slowdown(
     if own > (1.0 + tolerance) * (1.0 + 3.0 * error):
         return TimingVerdict(Status.OVER, measured, reference, relative)
     if own <= 1.0 + tolerance and own_clock:
-        # Measured in the thread's CPU time the model's own cost is within the tolerance: the
-        # wall time it lost went to other processes (the scheduler gave them the core).
-        return TimingVerdict(Status.OK, measured, reference)
+        # Measured in its own time the model's cost is within the tolerance: the wall time it
+        # lost went to other processes (the scheduler gave them the core). Said, not hidden.
+        busy = f"machine busy: {measured / reference - 1.0:+.0%} latency, own cost {own - 1.0:+.0%}"
+        return TimingVerdict(Status.OK, measured, reference, busy)
     if own <= 1.0 + tolerance:
         return TimingVerdict(
             Status.INCONCLUSIVE,
@@ -363,7 +367,7 @@ def decided_early(
     if measured * (1.0 + 3.0 * error) <= baseline.stat(stat) * (1.0 + tolerance):
         return True  # the latency is clearly within the tolerance
     found = _own_slowdown([stats], baseline)
-    if found is None or stats.own_clock != "thread":
+    if found is None or stats.own_clock not in OWN_CLOCKS:
         return False
     own, own_error = found  # the latency is not, but the model's own cost clearly is
     return own * (1.0 + 3.0 * own_error) <= 1.0 + tolerance

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from ..budgets.metrics import METRICS_BY_NAME
 from ..budgets.results import CallResult
 from ..budgets.shards import REPORT_SCHEMA, REPORT_VERSION, RunRecord
-from .words import macs_cell, verdict_counts, worst_check
+from .words import macs_cell, verdict_cell, verdict_counts, verdict_note, worst_check
 
 
 def environment() -> dict[str, str]:
@@ -48,6 +48,7 @@ def json_report(
                 "name": result.name,
                 "key": result.key,
                 "verdict": result.verdict.value,
+                "verdict_note": verdict_note(result),
                 "device": result.timing.fingerprint if result.timing else result.executed_on,
                 "counted_on": result.executed_on,
                 "convention": result.convention,
@@ -102,14 +103,14 @@ def markdown_lines(results: Sequence[CallResult], *, title: str = "Model budgets
     for result in sorted(results, key=lambda r: r.key):
         worst = worst_check(result.checks)
         if worst is None:
-            yield f"| `{result.key}` | macs | {macs_cell(result)} | - | - | - | {result.verdict.value} |"
+            yield f"| `{result.key}` | macs | {macs_cell(result)} | - | - | - | {verdict_cell(result)} |"
             continue
         metric = METRICS_BY_NAME[worst.metric]
         kind = "baseline" if worst.is_baseline else f"limit ({worst.source.value})"
         yield (
             f"| `{result.key}` | {worst.metric} | {metric.format(worst.measured)} | "
             f"{kind} {metric.format(worst.reference)} | {worst.change} | {_usage_bar(worst.usage)} | "
-            f"{result.verdict.value} |"
+            f"{verdict_cell(result)} |"
         )
 
 

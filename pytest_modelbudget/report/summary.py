@@ -12,10 +12,13 @@ from ..units import format_count, format_duration
 from .text_table import text_table
 from .words import (
     COUNTED_ORDER,
+    CPU_TIME_ONLY,
+    cpu_time_only,
     dtype_shares,
     formula_hint,
     generation_line,
     macs_cell,
+    verdict_cell,
     verdict_counts,
     worst_check,
     zero_macs,
@@ -80,7 +83,7 @@ def summary_lines(
                 *((_latency(result),) if timed else ()),
                 closest,
                 change,
-                result.verdict.value,
+                verdict_cell(result),
             )
         )
     if rows:
@@ -91,6 +94,8 @@ def summary_lines(
     counts = verdict_counts(results)
     parts = [f"{counts[v.value]} {v.value}" for v in COUNTED_ORDER if counts[v.value]]
     yield f"{len(results)} measured call(s): " + (", ".join(parts) if parts else "none")
+    if cpu_time_only(results):
+        yield f"note: {CPU_TIME_ONLY}"
     uncounted = _uncounted(results)
     if uncounted:
         yield "ops with arithmetic but no MAC formula (not counted): " + ", ".join(

@@ -26,6 +26,37 @@ COUNTED_ORDER = (
 )
 
 
+def verdict_note(result: CallResult) -> str:
+    """Why an ok call is ok though its latency is beyond the tolerance (``machine busy: +38%
+    latency, own cost +2%``: the time went to other processes); "" for any other call."""
+    if result.verdict != Verdict.OK:
+        return ""
+    return next((c.note for c in result.checks if c.status == Status.OK and c.note), "")
+
+
+def verdict_cell(result: CallResult) -> str:
+    """``ok``, ``over``, ... -- and ``ok (machine busy: ...)`` where :func:`verdict_note` says why."""
+    note = verdict_note(result)
+    return f"{result.verdict.value} ({note})" if note else result.verdict.value
+
+
+# Said once in a report where some latency was judged by the thread's CPU time.
+CPU_TIME_ONLY = (
+    "latency verdicts here rest on the timing thread's CPU time: this system has no scheduler "
+    "statistics (/proc/thread-self/schedstat), so the time a forward waits (a sleep, a lock, "
+    "another thread) is not judged as its own"
+)
+
+
+def cpu_time_only(results: Iterable[CallResult]) -> bool:
+    """Whether some timed figure's own cost was the thread's CPU time (the fallback)."""
+    return any(
+        stats.own_clock == "thread"
+        for result in results
+        for stats in (result.timings.values() if result.timings else [result.timing] if result.timing else [])
+    )
+
+
 def update_command(nodeid: str) -> str:
     return f"pytest --model-budget --update-budgets {shlex.quote(nodeid)}"
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .own_time import OwnClock
 
 
 def _probe_matmul() -> Callable[[], object]:
@@ -53,22 +57,29 @@ class SpeedProbe:
     Called before every timed block on CPU, so each block's time can be divided by the
     machine's speed just before it. Of the probes the matmul follows models best through a
     slow period (measured: see docs/benchmarks.md), and it costs about 0.2 ms. With
-    ``own_clock`` it is timed by the thread's CPU time, like the blocks it is compared with
-    (the stored median, ``medians_ms``, stays wall time, as measure_probes gives it).
+    ``own_clock`` it is timed by its own time, like the blocks it is compared with
+    (:mod:`.own_time`; the stored median, ``medians_ms``, stays wall time, as
+    measure_probes gives it).
     """
 
-    def __init__(self, *, own_clock: bool = False) -> None:
+    def __init__(self, *, own_clock: OwnClock | None = None) -> None:
         self._work = PROBES["matmul"]()
         self._work()  # warm-up
         self._own_clock = own_clock
         self.runs_s: list[float] = []
 
     def __call__(self) -> float:
-        start, own_start = time.perf_counter(), time.thread_time()
+        if self._own_clock is None:
+            start = time.perf_counter()
+            self._work()
+            elapsed = time.perf_counter() - start
+            self.runs_s.append(elapsed)
+            return elapsed
+        begin = self._own_clock.start(others=False)  # the probe hands nothing to other threads
         self._work()
-        elapsed, own = time.perf_counter() - start, time.thread_time() - own_start
-        self.runs_s.append(elapsed)
-        return own if self._own_clock else elapsed
+        block = self._own_clock.split(begin, self._own_clock.end(others=False))
+        self.runs_s.append(block.wall_s)
+        return block.own_s
 
     def medians_ms(self) -> dict[str, float]:
         """The probe's median time, as stored with a baseline (``{"matmul": ms}``)."""

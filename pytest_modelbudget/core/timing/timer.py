@@ -10,8 +10,9 @@ How one measurement works:
 * **Blocks**: calls are timed in blocks long enough that the clock's resolution and the
   per-block overhead vanish; one sample = block time / calls in the block. On CUDA a
   block is bracketed by CUDA events and synchronized once at its end, never per call. On
-  CPU with one thread a block (and the speed probe before it) is also timed by the
-  thread's CPU time, which leaves out the moments other processes had the core.
+  CPU with one thread a block (and the speed probe before it) is also timed by its own
+  time (:mod:`.own_time`): the wall time less the moments other processes had the core
+  (the kernel's run-queue figures), or the thread's CPU time where there are none.
 * **CUDA graphs** (optional): the forward is captured once and replays are timed,
   which removes host launch overhead -- the only stable latency for small GPU batches.
 * **Adaptive**: blocks are run until the caller's verdict is clear (``decided``), or the
@@ -36,6 +37,7 @@ from ...errors import MeasurementError
 
 if TYPE_CHECKING:
     from ..devices import Placement, Repeat
+    from .own_time import OwnClock
 
 Progress = Callable[[str], None]
 
@@ -83,8 +85,10 @@ class TimingStats:
     # the block) -- the model's cost in units of the machine's speed at that moment.
     relative: float | None = None
     relative_spread: float | None = None  # IQR / median of those ratios: the noise of `relative`
-    # "thread": `relative` was measured in the timing thread's CPU time (CPU, one thread), so
-    # time the scheduler gave to other processes is not in it; "wall": in wall time.
+    # The clock `relative` was measured on (CPU, one thread): "sched", wall time less the
+    # run-queue waits the scheduler gave other processes (a forward's own waits are in it);
+    # "thread", the timing thread's CPU time (no scheduler figures: its waits are not);
+    # "wall", wall time. The first two leave other processes out (own_time.OWN_CLOCKS).
     own_clock: str = "wall"
     # The lower quartile of those ratios: the model's cost in the blocks a neighbour disturbed
     # least (interference only ever slows a block down). What a slowdown is judged by.
@@ -164,8 +168,8 @@ wall_clock: Callable[[], float] = time.perf_counter
 
 
 class Block(NamedTuple):
-    """One timed block of calls, in seconds: its wall time, and the time the timing thread
-    itself was running (its CPU time) -- which leaves out the moments a neighbour had the core."""
+    """One timed block of calls, in seconds: its wall time, and the model's own time in it
+    (:mod:`.own_time`) -- which leaves out the moments a neighbour had the core."""
 
     wall_s: float
     own_s: float
@@ -274,19 +278,23 @@ def _cuda_block_timer(call: Callable[[], object]) -> Callable[[int], float]:
     return run_block
 
 
-def _cpu_block_timer(call: Callable[[], object], *, own_clock: bool) -> Callable[[int], float | Block]:
-    """Blocks timed by the wall clock; with ``own_clock`` also by the thread's CPU time.
-
-    On one thread the forward's work runs on the calling thread, so its CPU time is the
-    model's own cost: the moments the scheduler gave the core to a neighbour are not in it.
-    """
+def _cpu_block_timer(
+    call: Callable[[], object], *, own_clock: OwnClock | None
+) -> Callable[[int], float | Block]:
+    """Blocks timed by the wall clock; with ``own_clock`` also by the model's own time:
+    the wall time less what the scheduler gave to other processes (:mod:`.own_time`)."""
 
     def run_block(number: int) -> float | Block:
-        start, own_start = time.perf_counter(), time.thread_time()
+        if own_clock is None:
+            start = time.perf_counter()
+            for _ in range(number):
+                call()
+            return time.perf_counter() - start
+        begin = own_clock.start()
         for _ in range(number):
             call()
-        wall, own = time.perf_counter() - start, time.thread_time() - own_start
-        return Block(wall, own) if own_clock else wall
+        block = own_clock.split(begin, own_clock.end())
+        return Block(block.wall_s, block.own_s)
 
     return run_block
 
@@ -348,13 +356,15 @@ def time_forward(
     clear (see :func:`run_rounds`).
 
     On the CPU with one thread the model's cost relative to the speed probe is measured in
-    the thread's CPU time (model and probe alike): a neighbour that takes the core away
-    for a while does not change it. The latency reported stays wall time.
+    its own time (model and probe alike, :mod:`.own_time`): a neighbour that takes the
+    core away for a while does not change it, a forward that waits longer does. The latency
+    reported stays wall time.
     """
     import torch
 
     from ..devices import batch_size_of, exclusive_use, repeated_forward
     from .cuda_memory import forward_peak_memory
+    from .own_time import own_clock as own_clock_for
     from .probes import SpeedProbe
 
     settings = settings or TimingSettings()
@@ -376,15 +386,15 @@ def time_forward(
                 stats = run_rounds(_cuda_block_timer(call), settings, progress=progress, decided=decided)
             else:
                 peak = None
-                own_clock = where.threads == 1
-                probe = SpeedProbe(own_clock=own_clock)
+                clock = own_clock_for(where.threads or 0)  # made here, in the timing thread
+                probe = SpeedProbe(own_clock=clock)
                 stats = run_rounds(
-                    _cpu_block_timer(forward, own_clock=own_clock),
+                    _cpu_block_timer(forward, own_clock=clock),
                     settings,
                     progress=progress,
                     speed_probe=probe,
                     decided=decided,
-                    own_clock="thread" if own_clock else "wall",
+                    own_clock=clock.name if clock else "wall",
                 )
                 stats = replace(stats, probes=probe.medians_ms())
         except torch.OutOfMemoryError as error:
