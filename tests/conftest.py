@@ -64,6 +64,28 @@ class SimpleModel(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 """
 
+# For the conftest of a pytester project whose timing is faked: the machine-speed probes at
+# one fixed speed (a 0.2 ms matmul before every block; the same probes after the fact).
+FIXED_MACHINE_SPEED = """
+
+def fix_machine_speed(monkeypatch):
+    import pytest_modelbudget.core.timing.probes as probes
+
+    monkeypatch.setattr(probes, "measure_probes", lambda: {"matmul": 1.0, "copy": 1.0, "python": 1.0})
+
+    class FakeSpeedProbe:
+        def __init__(self, own_clock=None):
+            pass
+
+        def __call__(self):
+            return 0.2e-3
+
+        def medians_ms(self):
+            return {"matmul": 0.2}
+
+    monkeypatch.setattr(probes, "SpeedProbe", FakeSpeedProbe)
+"""
+
 SIMPLE_MACS = 1_329_000
 SIMPLE_PARAMS = 1_007_590
 

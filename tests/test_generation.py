@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import FIXED_MACHINE_SPEED
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -371,12 +372,12 @@ def test_wrong_calls_get_one_clear_message(llm: pytest.Pytester) -> None:
 # -- timing: two figures, their own fingerprints, verdicts on a fake clock ----------------------------
 
 # Each step's time, from what it runs: the prompt's forward PREFILL_MS, a decode step DECODE_MS.
-FAKE_STEP_CLOCK = """
+FAKE_STEP_CLOCK = (
+    """
 import os
 
 import pytest
 
-import pytest_modelbudget.core.timing.probes as probes
 import pytest_modelbudget.core.timing.timer as timing
 
 STEPS = []  # the tokens each step of the decoder below ran, in order
@@ -400,20 +401,10 @@ def fake_block_timer(monkeypatch):
 
     monkeypatch.setattr(timing, "_cpu_block_timer", fake)
     monkeypatch.setattr(timing, "wall_clock", lambda: now[0])
-    monkeypatch.setattr(probes, "measure_probes", lambda: {"matmul": 1.0, "copy": 1.0, "python": 1.0})
-
-    class FakeSpeedProbe:
-        def __init__(self, own_clock=False):
-            pass
-
-        def __call__(self):
-            return 0.2e-3
-
-        def medians_ms(self):
-            return {"matmul": 0.2}
-
-    monkeypatch.setattr(probes, "SpeedProbe", FakeSpeedProbe)
+    fix_machine_speed(monkeypatch)
 """
+    + FIXED_MACHINE_SPEED
+)
 
 TIMED_TEST = """
 import torch

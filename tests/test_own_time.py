@@ -11,7 +11,7 @@ import json
 import threading
 
 import pytest
-from conftest import write_test
+from conftest import FIXED_MACHINE_SPEED, write_test
 
 from pytest_modelbudget.budgets.timing_verdicts import LatencyBaseline, judge
 from pytest_modelbudget.core.timing import own_time
@@ -129,12 +129,12 @@ def test_a_forward_that_waits_longer_is_over_in_its_own_time() -> None:
 
 # -- end to end: a fake block timer that knows busy machines and waiting forwards ----------
 
-FAKE_SCHEDULER = """
+FAKE_SCHEDULER = (
+    """
 import os
 
 import pytest
 
-import pytest_modelbudget.core.timing.probes as probes
 import pytest_modelbudget.core.timing.timer as timing
 from pytest_modelbudget.core.timing.timer import Block
 
@@ -160,24 +160,14 @@ def fake_scheduler(monkeypatch):
 
     monkeypatch.setattr(timing, "_cpu_block_timer", fake)
     monkeypatch.setattr(timing, "wall_clock", lambda: now[0])
-    monkeypatch.setattr(probes, "measure_probes", lambda: {"matmul": 1.0, "copy": 1.0, "python": 1.0})
-
-    class FakeSpeedProbe:
-        def __init__(self, own_clock=None):
-            pass
-
-        def __call__(self):
-            return 0.2e-3
-
-        def medians_ms(self):
-            return {"matmul": 0.2}
-
-    monkeypatch.setattr(probes, "SpeedProbe", FakeSpeedProbe)
+    fix_machine_speed(monkeypatch)
     if os.environ.get("NO_SCHEDSTAT"):
         import pytest_modelbudget.core.timing.own_time as own_time
 
         monkeypatch.setattr(own_time, "sched_available", lambda: False)
 """
+    + FIXED_MACHINE_SPEED
+)
 
 
 @pytest.fixture

@@ -163,8 +163,8 @@ class Generate(CallKind):
         from ..core.generation.spec import checked
 
         (prompt,) = args
+        prompt = checked(model, prompt, self.spec)  # (batch, tokens): what timing repeats
         counted = count_generation(model, prompt, self.spec)
-        prompt = checked(model, prompt, self.spec)
 
         def timed(new_tokens: int) -> Repeated:
             return Repeated(model, partial(repeated_generation, model, prompt, self.spec, new_tokens))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ...errors import MeasurementError
-from ..counting.count import Counts, ModuleTracker, assemble_counts, device_of
+from ..counting.count import EXECUTION_MODES, Counts, ModuleTracker, assemble_counts, device_of
 from ..counting.dispatch import CountingMode, counting_mode
 from ..counting.held import SUBCLASS_WEIGHTS, has_subclass_weights
 from ..model_state import Inventory, inputs_left_as_they_were, model_left_as_it_was
@@ -69,8 +69,8 @@ def count_generation(
 
     ``execution`` as for :func:`~..counting.count.count`: ``"meta"``, ``"real"`` or ``"auto"``.
     """
-    if execution not in ("auto", "meta", "real"):
-        raise MeasurementError(f"execution must be 'auto', 'meta' or 'real', got {execution!r}")
+    if execution not in EXECUTION_MODES:
+        raise MeasurementError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
     input_ids = checked(model, input_ids, spec)
     if execution == "auto" and has_subclass_weights(model):
         counts = _count(model, input_ids, spec, to_meta=False)

@@ -111,13 +111,8 @@ class CpuClock:
         return Split(wall, cpu, max(0.0, wall - cpu))
 
 
-def _delay_s(text: str) -> float:
-    """The run-queue delay of one ``schedstat`` line (``run_ns delay_ns slices``), in s."""
-    return int(text.split()[1]) / 1e9
-
-
 def _run_and_delay_s(text: str) -> tuple[float, float]:
-    """(CPU time, run-queue delay) of one ``schedstat`` line, in s."""
+    """(CPU time, run-queue delay) of one ``schedstat`` line (``run_ns delay_ns slices``), in s."""
     run, delay = text.split()[:2]
     return int(run) / 1e9, int(delay) / 1e9
 
@@ -142,7 +137,7 @@ class SchedClock:
 
             def read_own() -> float:
                 with open(path, "rb") as stat:
-                    return _delay_s(stat.read().decode())
+                    return _run_and_delay_s(stat.read().decode())[1]
 
         self._read_own = read_own
         tid = threading.get_native_id()
