@@ -11,15 +11,19 @@ these ways (``--slow-kind``), each sized at calibration to a quarter of the forw
 * ``thread``: the same Python work on a worker thread that the forward hands it to and
   waits for (a thread pool, as tokenizers and data loaders run);
 * ``wait``: a busy-wait until a wall-clock deadline -- part work and part wait when a
-  neighbour preempts it, so no fair "25% more work" under noise (kept for comparison).
+  neighbour preempts it, so no fair "25% more work" under noise (kept for comparison);
+* ``intra-op``: the models run on 2 intra-op threads (``--budget-threads 2``, and
+  pytest-benchmark's tests at 2 threads too), slowed by extra 256x256 matmuls that torch
+  splits across them.
 
-1. Baselines, on the machine as it is (keep it quiet):
+1. Baselines, on the machine as it is (keep it quiet; THREADS is 2 for ``intra-op``):
    ``pytest --model-budget --update-budgets -k plugin`` and
    ``pytest --benchmark-only --benchmark-save=base -k bench``.
 2. For each condition -- ``quiet``; ``bursty-1`` (a neighbour process with one busy
    worker, on/off in bursts of 50-500 ms, seeded); ``bursty-all`` (one worker per core,
-   bursting together); ``constant-all`` (one worker per core, always busy) -- the
-   neighbour is started, and ``--runs`` times, the unchanged project then the slowed one:
+   bursting together); ``constant-1`` and ``constant-all`` (one worker, or one per core,
+   always busy) -- the neighbour is started, and ``--runs`` times, the unchanged project
+   then the slowed one:
    ``pytest --model-budget -k plugin --budget-json=...`` and
    ``pytest --benchmark-only --benchmark-compare=0001 --benchmark-compare-fail=median:10% -k bench``,
    each a fresh process, timed.
@@ -65,10 +69,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-CONDITIONS = ("quiet", "bursty-1", "bursty-all", "constant-all")
+CONDITIONS = ("quiet", "bursty-1", "bursty-all", "constant-1", "constant-all")
 MODELS = ("conv", "transformer", "mlp")
 SLOWDOWN = 0.25  # the host-side slowdown of the slowed project
 FAIL_AT = "median:10%"  # pytest-benchmark's --benchmark-compare-fail, like the plugin's 10% tolerance
+SLOW_KINDS = ("work", "sleep", "thread", "intra-op", "wait")
+THREADS = 1  # the models' intra-op threads: 2 for the intra-op kind (set in main)
 
 # -- the project under test -----------------------------------------------------------
 
@@ -83,8 +89,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 NAMES = ("conv", "transformer", "mlp")
+EXTRA = torch.randn(256, 256)  # the intra-op kind's extra work
 CALIBRATION = Path(__file__).with_name("slow.json")
 
 
@@ -128,6 +135,9 @@ class Slowed(nn.Module):
             time.sleep(self.amount)
         elif self.kind == "thread":
             worker_pool().submit(python_work, int(self.amount)).result()
+        elif self.kind == "intra-op":
+            for _ in range(int(self.amount)):
+                torch.mm(EXTRA, EXTRA)
         else:
             busy_wait(self.amount)
         return out
@@ -192,7 +202,7 @@ import time
 
 import torch
 
-from models import NAMES, busy_wait, plain, python_work, Slowed
+from models import EXTRA, NAMES, busy_wait, plain, python_work, Slowed
 
 
 def median_ms(call, seconds=1.5):
@@ -213,13 +223,18 @@ kind, share = sys.argv[1], float(sys.argv[2])
 from pytest_modelbudget.core.devices import steady_heap
 steady_heap()
 loop_ms = median_ms(lambda: python_work(100_000)) / 100_000
+torch.set_num_threads(2 if kind == "intra-op" else 1)
+mm_ms = median_ms(lambda: torch.mm(EXTRA, EXTRA))
 forward, amount, slowed = {}, {}, {}
 with torch.inference_mode():
     for name in NAMES:
         model, x = plain(name)
         forward[name] = median_ms(lambda: model(x))
         extra_ms = forward[name] * share
-        amount[name] = extra_ms / loop_ms if kind in ("work", "thread") else extra_ms / 1e3
+        if kind == "intra-op":
+            amount[name] = max(1, round(extra_ms / mm_ms))
+        else:
+            amount[name] = extra_ms / loop_ms if kind in ("work", "thread") else extra_ms / 1e3
         if kind == "sleep":  # a sleep overshoots (timer slack, the wake-up): ask for less
             overshoot_ms = median_ms(lambda: time.sleep(amount[name]), 0.5) - extra_ms
             amount[name] = max(extra_ms - overshoot_ms, 0.01) / 1e3
@@ -294,6 +309,7 @@ class Process:
 
 def run(folder: Path, args: Sequence[str], *, slow: bool) -> Process:
     env = {**os.environ, "SLOW": "1" if slow else "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    env["THREADS"] = str(THREADS)
     env.pop("PYTEST_ADDOPTS", None)
     start = time.perf_counter()
     done = subprocess.run(
@@ -303,7 +319,9 @@ def run(folder: Path, args: Sequence[str], *, slow: bool) -> Process:
 
 
 def pytest_args(*args: str) -> list[str]:
-    return ["-m", "pytest", "-q", "-p", "no:xdist", *args]
+    plugin = "--model-budget" in args or "--update-budgets" in args
+    threads = ["--budget-threads", str(THREADS)] if plugin else []
+    return ["-m", "pytest", "-q", "-p", "no:xdist", *threads, *args]
 
 
 @contextmanager
@@ -420,7 +438,8 @@ def plugin_calls(report: Path, junit: Path, relatives: dict[str, float]) -> list
         )
         note = check.get("note", "") if check else ""
         timing = call.get("timing") or {}
-        relative = timing.get("relative")
+        # The ratio the verdict uses: to the probe's settled run where the baseline has it.
+        relative = timing.get("relative_settled") or timing.get("relative")
         own = _percent(NOTE_OWN.search(note))
         if own is None and relative and relatives.get(model):
             own = relative / relatives[model]
@@ -461,15 +480,17 @@ def bench_calls(process: Process, report: Path, baseline: dict[str, float]) -> l
 
 
 def read_budgets(folder: Path) -> dict[str, float]:
-    """The baseline's ``relative`` ratio per model, from budgets.yaml."""
+    """The baseline's ratio per model, from budgets.yaml: to the probe's settled run
+    (``relative_settled``), or to its first (``relative``) in a baseline without it."""
     import yaml
 
     data = yaml.safe_load((folder / "budgets.yaml").read_text())
     relatives = {}
     for key, entry in data["entries"].items():
         for timing in (entry.get("timing") or {}).values():
-            if timing.get("relative"):
-                relatives[model_of(key)] = float(timing["relative"])
+            ratio = timing.get("relative_settled") or timing.get("relative")
+            if ratio:
+                relatives[model_of(key)] = float(ratio)
     return relatives
 
 
@@ -679,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="check runs per condition and variant")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"of {', '.join(CONDITIONS)}")
-    parser.add_argument("--slow-kind", choices=("work", "sleep", "thread", "wait"), default="work")
+    parser.add_argument("--slow-kind", choices=SLOW_KINDS, default="work")
     parser.add_argument(
         "--tools", choices=("both", "plugin"), default="both", help="plugin: skip the pytest-benchmark runs"
     )
@@ -688,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--keep", type=Path, help="write the project here and keep it")
     args = parser.parse_args(argv)
+    global THREADS
+    THREADS = 2 if args.slow_kind == "intra-op" else 1
     conditions = [c for c in args.conditions.split(",") if c]
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:

@@ -191,15 +191,15 @@ CASES = [
     ),
     Case(
         "file-future-version",
-        [FILE, "has version 2, but this pytest-modelbudget understands up to 1; upgrade pytest-modelbudget"],
-        file=b"version: 2\nentries: {}\n",
+        [FILE, "has version 3, but this pytest-modelbudget understands up to 2; upgrade pytest-modelbudget"],
+        file=b"version: 3\nentries: {}\n",
     ),
     Case(
         "file-version-string",
         [FILE, "'version' must be an integer, got '1'"],
         file=b"version: '1'\nentries: {}\n",
     ),
-    Case("file-no-version", [FILE, "has no 'version'; add 'version: 1' at the top"], file=b"entries: {}\n"),
+    Case("file-no-version", [FILE, "has no 'version'; add 'version: 2' at the top"], file=b"entries: {}\n"),
     Case(
         "file-unknown-top-key",
         [FILE, "unknown top-level key(s) ['budgets']; expected 'version' and 'entries'"],

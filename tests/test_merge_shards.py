@@ -319,7 +319,7 @@ def test_merged_reports_are_written_and_merge_again(
     # A merged report is a report like any other: it merges (and compares) again.
     status, out, _ = merge(merged, "--budgets-file", target, capsys=capsys)
     assert status == 0 and f"{CALLS} measured call(s): {CALLS} ok" in out
-    assert yaml.safe_load(target.read_text())["version"] == 1
+    assert yaml.safe_load(target.read_text())["version"] == 2
 
 
 def test_the_merge_needs_no_torch(tmp_path: Path, serial: bytes, check_shards: list[Path]) -> None:

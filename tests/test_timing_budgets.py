@@ -7,6 +7,8 @@ call), so verdicts do not depend on this machine's speed.
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 from conftest import write_test
@@ -47,12 +49,16 @@ def fake_block_timer(monkeypatch):
     speed = float(os.environ.get("FAKE_MACHINE", "1"))
     monkeypatch.setattr(probes, "measure_probes", lambda: {"matmul": speed, "copy": speed, "python": speed})
 
-    class FakeSpeedProbe:  # the probe before each block: 0.2 ms on a machine of FAKE_MACHINE=1
+    # The probe before each block: 0.2 ms on a machine of FAKE_MACHINE=1; its first run
+    # FAKE_FIRST times that (a probe that follows a forward that waited runs slower).
+    first = float(os.environ.get("FAKE_FIRST", "1"))
+
+    class FakeSpeedProbe:
         def __init__(self, own_clock=False):
             pass
 
         def __call__(self):
-            return speed * 0.2e-3
+            return probes.ProbeRun(first * speed * 0.2e-3, speed * 0.2e-3)
 
         def medians_ms(self):
             return {"matmul": speed * 0.2}
@@ -117,9 +123,8 @@ def test_no_timing_option_skips_timing(timed: pytest.Pytester, monkeypatch: pyte
     assert "size      latency" not in result.stdout.str()
 
 
-def test_latency_baseline_per_device_fingerprint(
-    timed: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def record_latency_baseline(timed: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A timed test and its latency baseline at 2 ms per call; the budgets.yaml path."""
     write_test(
         timed,
         """
@@ -128,13 +133,20 @@ def test_latency_baseline_per_device_fingerprint(
             model_budget(SimpleModel(), torch.randn(1, 1, 28, 28))
         """,
     )
-    path = timed.path / "budgets.yaml"
     monkeypatch.setenv("FAKE_MS", "2")
     timed.runpytest("--update-budgets").assert_outcomes(passed=1)
+    return timed.path / "budgets.yaml"
+
+
+def test_latency_baseline_per_device_fingerprint(
+    timed: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = record_latency_baseline(timed, monkeypatch)
     text = path.read_text()
     assert "    timing:\n      cpu | " in text and "| 1 thread | float32 | eager:" in text
     assert "median_ms: 2\n" in text and "spread: 0\n" in text and "probes:" in text
     assert "relative: 10\n" in text and "relative_spread: 0\n" in text  # 2 ms per call, a 0.2 ms probe
+    assert "relative_settled: 10\n" in text and text.startswith("# ") and "\nversion: 2\n" in text
 
     # Another machine's baseline is kept when this one updates.
     path.write_text(
@@ -286,3 +298,38 @@ def test_bad_timing_options_are_usage_errors(project: pytest.Pytester, option: s
     result = project.runpytest("--model-budget", option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: pytest-modelbudget: *{message}*"])
+
+
+def test_a_version_1_timing_baseline_is_judged_as_before_until_updated(
+    timed: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = record_latency_baseline(timed, monkeypatch)
+    # What the earlier version wrote: the same file without the settled ratios.
+    version_2 = path.read_text()
+    version_1 = re.sub(r"\n *relative_settled\w*: [^\n]*", "", version_2).replace(
+        "\nversion: 2\n", "\nversion: 1\n"
+    )
+    assert "relative: 10\n" in version_1 and "settled" not in version_1
+    path.write_text(version_1)
+    # The forward now waits: +50% latency, and the probe's first run after it is 50% slower
+    # too, so the ratio a version 1 baseline holds (to the first run) does not move.
+    monkeypatch.setenv("FAKE_MS", "3")
+    monkeypatch.setenv("FAKE_FIRST", "1.5")
+    result = timed.runpytest("--model-budget")
+    result.assert_outcomes(passed=1)  # judged as version 1 judged it
+    result.stdout.fnmatch_lines(["test_model.py::test_latency*ok (machine busy: +50% latency, own cost +0%)"])
+    assert path.read_text() == version_1  # a check run writes nothing
+
+    # An update records the settled ratio (and the file as version 2)...
+    monkeypatch.setenv("FAKE_MS", "2")
+    monkeypatch.setenv("FAKE_FIRST", "1")
+    timed.runpytest("--model-budget", "--update-budgets").assert_outcomes(passed=1)
+    assert path.read_text() == version_2
+    # ...by which the same wait fails.
+    monkeypatch.setenv("FAKE_MS", "3")
+    monkeypatch.setenv("FAKE_FIRST", "1.5")
+    result = timed.runpytest("--model-budget")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*latency_ms 3 ms > baseline 2 ms (+50.0%*the model is 50% slower than the baseline*"]
+    )

@@ -19,7 +19,7 @@ from pytest_modelbudget.budgets.timing_verdicts import (
     recorded,
 )
 from pytest_modelbudget.core.timing.cuda_memory import max_batch, search_max_batch
-from pytest_modelbudget.core.timing.probes import machine_slowdown
+from pytest_modelbudget.core.timing.probes import ProbeRun, SpeedProbe, machine_slowdown
 from pytest_modelbudget.core.timing.timer import Block, TimingSettings, TimingStats, run_rounds, summarize
 from pytest_modelbudget.errors import MeasurementError
 
@@ -340,6 +340,36 @@ def test_recording_takes_several_measurements() -> None:
     assert recorded([run(10.0, None), run(9.0, None), run(11.0, None)]).median_ms == 9.0
 
 
+def settled_run(median: float, first: float, settled: float) -> TimingStats:
+    """A measurement with both ratios: to the probe's first run and to its settled run."""
+    return replace(run(median, first), relative_settled=settled)
+
+
+def test_a_baseline_with_settled_ratios_is_judged_by_them() -> None:
+    # The forward waits 25% longer; the probe's first run after it slowed too, so the
+    # ratio to the first run moved +6% and only the settled ratio sees the +25%.
+    waiting = settled_run(12.5, 53.0, 87.5)
+    settled_baseline = replace(OWN, relative_settled=70.0, relative_settled_spread=0.02)
+    verdict = judge([waiting], settled_baseline, tolerance=0.10)
+    assert verdict.status == "over" and verdict.own_slowdown == pytest.approx(1.25)
+    # A baseline written before the settled ratio (budgets.yaml version 1) is judged as it was.
+    assert OWN.relative_settled is None
+    assert judge([waiting], OWN, tolerance=0.10).own_slowdown == pytest.approx(1.06)
+    # A measurement without the settled ratio (a report of an earlier version) falls back too.
+    assert judge([run(12.5, 53.0)], settled_baseline, tolerance=0.10).own_slowdown == pytest.approx(1.06)
+    # Nothing changed: within the tolerance on the settled ratio, the verdict is ok.
+    assert judge([settled_run(10.2, 51.0, 71.0)], settled_baseline, tolerance=0.10).status == "ok"
+
+
+def test_a_recorded_baseline_keeps_the_median_of_both_ratios() -> None:
+    kept = recorded(
+        [settled_run(9.0, 50.0, 70.0), settled_run(9.5, 40.0, 60.0), settled_run(8.0, 60.0, 80.0)]
+    )
+    assert (kept.relative, kept.relative_settled) == (50.0, 70.0)
+    stored = LatencyBaseline.from_stats(kept).to_stored()
+    assert stored["relative"] == 50.0 and stored["relative_settled"] == 70.0
+
+
 def test_no_late_probes_when_the_measurements_carried_a_ratio() -> None:
     probed: list[int] = []
 
@@ -390,6 +420,28 @@ def test_the_speed_probe_runs_before_every_block_and_gives_the_ratio() -> None:
     assert result.relative_spread == pytest.approx(0.0)
     quiet = FakeMachine(per_call=0.001)
     assert run_rounds(quiet.run_block, TimingSettings(), clock=quiet.clock).relative is None  # no probe given
+
+
+def test_the_probe_runs_twice_and_each_run_gives_its_ratio() -> None:
+    machine = FakeMachine(per_call=0.001)
+    # The first run follows the block (slower: 0.4 ms), the settled one straight after it.
+    result = run_rounds(
+        machine.run_block,
+        TimingSettings(time_budget_s=1.0),
+        clock=machine.clock,
+        speed_probe=lambda: ProbeRun(first_s=0.0004, settled_s=0.0002),
+    )
+    assert result.relative == pytest.approx(2.5) and result.relative_low == pytest.approx(2.5)
+    assert result.relative_settled == pytest.approx(5.0)  # the lower quartile of the blocks' ratios
+    assert result.relative_settled_spread == pytest.approx(0.0)
+
+
+def test_the_real_speed_probe_gives_both_runs_and_keeps_the_first_runs_median() -> None:
+    probe = SpeedProbe()
+    runs = [probe() for _ in range(5)]
+    assert all(isinstance(r, ProbeRun) and r.first_s > 0 and r.settled_s > 0 for r in runs)
+    assert len(probe.runs_s) == 5  # one stored time per call: the first run's
+    assert set(probe.medians_ms()) == {"matmul"}
 
 
 def test_a_quiet_measurement_still_samples_for_the_minimum_time() -> None:

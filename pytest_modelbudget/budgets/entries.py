@@ -19,7 +19,7 @@ from .budget import KEYWORDS, Budget, parse_budget
 from .metrics import METRICS, RATCHETED
 from .timing_verdicts import STORED_KEYS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: timing entries may hold relative_settled (version 1 files load as they are)
 # What `modules:` keeps per module path: the metric rows' module figures (forward MACs,
 # params, a training step's backward MACs).
 MODULE_KEYS = tuple(dict.fromkeys(m.module_figure for m in METRICS if m.module_figure))

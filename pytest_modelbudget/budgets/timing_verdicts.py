@@ -34,6 +34,10 @@ class LatencyBaseline:
     # Baselines without it (CUDA, or written before it existed) are judged by the latency alone.
     relative: float | None = None
     relative_spread: float | None = None
+    # The lower quartile of the ratios to the probe's settled run (TimingStats.relative_settled;
+    # budgets.yaml version 2 on): what the own slowdown is judged by where a baseline has it.
+    relative_settled: float | None = None
+    relative_settled_spread: float | None = None
     spread: float
     samples: int = 0
     peak_memory: int | None = None  # CUDA allocator peak of one forward
@@ -52,6 +56,8 @@ class LatencyBaseline:
             min_ms=stats.min_ms,
             relative=stats.relative,
             relative_spread=stats.relative_spread,
+            relative_settled=stats.relative_settled,
+            relative_settled_spread=stats.relative_settled_spread,
             spread=stats.spread,
             samples=stats.samples,
             peak_memory=stats.peak_memory,
@@ -101,21 +107,31 @@ def _own_slowdown(
 
     The least slowed of the measurements, and in each the lower quartile of its blocks'
     ratios: interference only ever slows a block down, and a neighbour that comes in bursts
-    leaves some blocks clean. A slower model is slower in every block. (Against the
-    baseline's median ratio: on a quiet machine the two differ by about 1%.)
+    leaves some blocks clean. A slower model is slower in every block.
+
+    The ratios to the probe's settled run where the baseline has them (its lower quartile
+    too); a baseline written before them (budgets.yaml version 1) is judged as it was then:
+    by the ratios to the probe's first run, against the baseline's median ratio.
     """
-    found = [
-        (
-            _or(m.relative_low, m.relative) / baseline.relative,
-            standard_error(_or(m.relative_spread, m.spread), m.samples),
-        )
-        for m in measurements
-        if m.relative and baseline.relative
-    ]
+    settled = baseline.relative_settled is not None and all(m.relative_settled for m in measurements)
+    if settled:
+        reference, reference_spread = baseline.relative_settled, baseline.relative_settled_spread
+    else:
+        reference, reference_spread = baseline.relative, baseline.relative_spread
+    if not reference:
+        return None
+    found = []
+    for m in measurements:
+        if settled:
+            low, spread = m.relative_settled, m.relative_settled_spread
+        else:
+            low, spread = m.relative_low or m.relative, m.relative_spread
+        if low:
+            found.append((low / reference, standard_error(_or(spread, m.spread), m.samples)))
     if not found:
         return None
     own, error = min(found)
-    baseline_error = standard_error(_or(baseline.relative_spread, baseline.spread), baseline.samples)
+    baseline_error = standard_error(_or(reference_spread, baseline.spread), baseline.samples)
     return own, max(error, baseline_error)
 
 
@@ -387,4 +403,9 @@ def recorded(measurements: Sequence[TimingStats], stat: str = "median") -> Timin
     ratios = [m.relative for m in measurements if m.relative]
     if not ratios:
         return ordered[0]
-    return replace(ordered[(len(ordered) - 1) // 2], relative=statistics.median(ratios))
+    settled = [m.relative_settled for m in measurements if m.relative_settled]
+    return replace(
+        ordered[(len(ordered) - 1) // 2],
+        relative=statistics.median(ratios),
+        relative_settled=statistics.median(settled) if settled else None,
+    )

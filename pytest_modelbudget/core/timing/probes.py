@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .own_time import OwnClock
@@ -51,15 +51,31 @@ PROBES: Mapping[str, Callable[[], Callable[[], object]]] = {
 }
 
 
+class ProbeRun(NamedTuple):
+    """The speed probe before one block, run twice, in seconds of the block's own clock.
+
+    The first run follows the previous block's last call: its matrix has been evicted from
+    the cache, and after a forward that slept or waited the core has just idled, so it runs
+    slower there -- by how much depends on what the model did (a slowdown made of a sleep
+    reads smaller against it: docs/benchmarks.md). The second, straight after, finds its
+    matrix in cache and the core awake: it follows the machine's speed, not the model's
+    last call.
+    """
+
+    first_s: float  # what baselines before budgets.yaml version 2 were divided by
+    settled_s: float
+
+
 class SpeedProbe:
-    """The machine's speed at this moment: one run of the matmul probe, in seconds.
+    """The machine's speed at this moment: the matmul probe run twice, in seconds
+    (:class:`ProbeRun`: the first run, and the settled one straight after it).
 
     Called before every timed block on CPU, so each block's time can be divided by the
     machine's speed just before it. Of the probes the matmul follows models best through a
-    slow period (measured: see docs/benchmarks.md), and it costs about 0.2 ms. With
+    slow period (measured: see docs/benchmarks.md), and it costs about 0.1 ms a run. With
     ``own_clock`` it is timed by its own time, like the blocks it is compared with
-    (:mod:`.own_time`; the stored median, ``medians_ms``, stays wall time, as
-    measure_probes gives it).
+    (:mod:`.own_time`; the stored median, ``medians_ms``, stays the first run's wall time,
+    as it was before the second run was added).
     """
 
     def __init__(self, *, own_clock: OwnClock | None = None) -> None:
@@ -68,18 +84,22 @@ class SpeedProbe:
         self._own_clock = own_clock
         self.runs_s: list[float] = []
 
-    def __call__(self) -> float:
+    def __call__(self) -> ProbeRun:
+        first_wall, first = self._run()
+        self.runs_s.append(first_wall)
+        return ProbeRun(first, self._run()[1])
+
+    def _run(self) -> tuple[float, float]:
+        """One run of the probe: its wall time and its own time, in seconds."""
         if self._own_clock is None:
             start = time.perf_counter()
             self._work()
             elapsed = time.perf_counter() - start
-            self.runs_s.append(elapsed)
-            return elapsed
+            return elapsed, elapsed
         begin = self._own_clock.start(others=False)  # the probe hands nothing to other threads
         self._work()
         block = self._own_clock.split(begin, self._own_clock.end(others=False))
-        self.runs_s.append(block.wall_s)
-        return block.own_s
+        return block.wall_s, block.own_s
 
     def medians_ms(self) -> dict[str, float]:
         """The probe's median time, as stored with a baseline (``{"matmul": ms}``)."""

@@ -34,6 +34,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...errors import MeasurementError
+from .probes import ProbeRun
 
 if TYPE_CHECKING:
     from ..devices import Placement, Repeat
@@ -93,6 +94,12 @@ class TimingStats:
     # The lower quartile of those ratios: the model's cost in the blocks a neighbour disturbed
     # least (interference only ever slows a block down). What a slowdown is judged by.
     relative_low: float | None = None
+    # Against the probe's second run, straight after its first (probes.ProbeRun): the lower
+    # quartile of the blocks' ratios, and their IQR / median. What baselines from budgets.yaml
+    # version 2 on keep and are judged by: the quartile now against the quartile then (the
+    # first run's ratios compare a quartile with a median, which reads a few percent low).
+    relative_settled: float | None = None
+    relative_settled_spread: float | None = None
     probes: Mapping[str, float] = field(default_factory=dict)  # median probe times during the measurement, ms
 
     @property
@@ -180,13 +187,18 @@ def _block(value: float | Block) -> Block:
     return value if isinstance(value, Block) else Block(value, value)
 
 
+def _probe_run(value: float | ProbeRun) -> ProbeRun:
+    # A speed probe may return one number: both runs alike (fakes).
+    return value if isinstance(value, ProbeRun) else ProbeRun(value, value)
+
+
 def run_rounds(
     run_block: Callable[[int], float | Block],
     settings: TimingSettings,
     *,
     clock: Callable[[], float] | None = None,
     progress: Progress | None = None,
-    speed_probe: Callable[[], float] | None = None,
+    speed_probe: Callable[[], float | ProbeRun] | None = None,
     decided: Callable[[TimingStats], bool] | None = None,
     own_clock: str = "wall",
 ) -> TimingStats:
@@ -197,8 +209,10 @@ def run_rounds(
     :class:`Block`: wall and own time); ``clock`` measures wall time spent (default
     :data:`wall_clock`; both are replaceable, so the loop is tested with fakes).
     ``speed_probe()`` (CPU) runs a small fixed workload before every block and returns its
-    time, on the same clock as the block's own time; the ratio of each block's own time per
-    call to it goes into ``relative`` (``own_clock`` names that clock: "thread" or "wall").
+    time (a :class:`~.probes.ProbeRun`: the first and the settled run), on the same clock as the
+    block's own time; the ratio of each block's own time per call to the first run goes into
+    ``relative``, to the settled run into ``relative_settled`` (``own_clock`` names that
+    clock: "sched", "thread" or "wall").
     ``decided(stats)`` says whether the samples so far already settle the caller's verdict:
     from ``min_samples`` blocks and ``min_decide_s`` on, a True stops the loop (sequential
     stopping); otherwise it samples for ``min_time_s`` and until precise, as without it.
@@ -218,23 +232,26 @@ def run_rounds(
     samples: list[float] = []
     calls = 0
     ratios: list[float] = []
+    settled: list[float] = []
     while True:
-        probe_s = speed_probe() if speed_probe else None
+        probe = _probe_run(speed_probe()) if speed_probe else None
         block = _block(run_block(number))
         samples.append(block.wall_s / number)
-        if probe_s:
-            ratios.append(block.own_s / number / probe_s)
+        if probe and probe.first_s and probe.settled_s:
+            ratios.append(block.own_s / number / probe.first_s)
+            settled.append(block.own_s / number / probe.settled_s)
         calls += number
         elapsed = clock() - start
         may_decide = len(samples) >= settings.min_samples and elapsed >= settings.min_decide_s
-        if decided is not None and may_decide and decided(_stats(samples, ratios, calls, elapsed, own_clock)):
+        so_far = partial(_stats, samples, ratios, settled, calls, elapsed, own_clock)
+        if decided is not None and may_decide and decided(so_far()):
             break
         enough = len(samples) >= settings.min_samples and elapsed >= settings.min_time_s
         if enough and _relative_error(samples) <= settings.precision:
             break
         if len(samples) >= settings.max_samples or (clock() >= deadline and len(samples) >= 3):
             break
-    stats = _stats(samples, ratios, calls, clock() - start, own_clock)
+    stats = _stats(samples, ratios, settled, calls, clock() - start, own_clock)
     if progress:
         progress(
             f"{stats.samples} samples of {number} calls in {stats.wall_s:.2f} s: "
@@ -244,7 +261,12 @@ def run_rounds(
 
 
 def _stats(
-    samples: Sequence[float], ratios: Sequence[float], calls: int, wall_s: float, own_clock: str
+    samples: Sequence[float],
+    ratios: Sequence[float],
+    settled: Sequence[float],
+    calls: int,
+    wall_s: float,
+    own_clock: str,
 ) -> TimingStats:
     stats = summarize(samples, calls=calls, wall_s=wall_s)
     if ratios:
@@ -253,6 +275,8 @@ def _stats(
             relative=statistics.median(ratios),
             relative_low=_lower_quartile(ratios),
             relative_spread=spread_of(ratios),
+            relative_settled=_lower_quartile(settled),
+            relative_settled_spread=spread_of(settled),
             own_clock=own_clock,
         )
     return stats
