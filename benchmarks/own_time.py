@@ -13,8 +13,17 @@ Part 2, as CI runs it: a sub-millisecond MLP with ``timing=True``; a baseline re
 machine, then fresh ``pytest --model-budget`` processes of the unchanged model and of the
 model sleeping 1 ms in every forward, with no neighbour and with one busy process per core.
 
+Part 3, the speed probe's two runs: the three models of benchmarks/noise.py at one thread,
+unchanged and slowed by a quarter (work, sleep, worker thread), each timed by the plugin's
+own ``time_forward`` (3 measurements of 1 s each, the median of them). The own slowdown a
+verdict reads, against the unchanged forward's measurement: by the ratio to the probe's
+first run, as a budgets.yaml version 1 baseline is judged (the blocks' lower quartile over
+the baseline's median), and by the ratio to its settled second run, as version 2 judges (the
+lower quartile over the baseline's lower quartile) -- next to the latency's change.
+
     .venv/bin/python benchmarks/own_time.py
     .venv/bin/python benchmarks/own_time.py --runs 10
+    .venv/bin/python benchmarks/own_time.py --part 3
 """
 
 from __future__ import annotations
@@ -220,12 +229,103 @@ def sleep_caught(runs: int) -> None:
             print(f"{condition:<28} {cells[0]:>28} {cells[1]:>28}")
 
 
+def noise_models() -> dict[str, tuple[object, object]]:
+    """The three models of benchmarks/noise.py, at batch 1."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    conv = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+    encoder = nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, batch_first=True)
+    mlp = nn.Sequential(
+        nn.Linear(1024, 2048),
+        nn.ReLU(),
+        nn.Linear(2048, 2048),
+        nn.ReLU(),
+        nn.Linear(2048, 2048),
+        nn.ReLU(),
+        nn.Linear(2048, 1024),
+    )
+    return {
+        "conv": (conv.eval(), torch.randn(1, 3, 112, 112)),
+        "transformer": (encoder.eval(), torch.randn(1, 128, 256)),
+        "mlp": (mlp.eval(), torch.randn(1, 1024)),
+    }
+
+
+def probe_runs(measurements: int = 3) -> None:
+    import torch
+
+    from pytest_modelbudget.core.devices import steady_heap
+    from pytest_modelbudget.core.timing.timer import TimingSettings, TimingStats, time_forward
+
+    steady_heap()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(1)
+    pool.submit(int).result()
+    start = time.perf_counter()
+    python_work(200_000)
+    loop_s = (time.perf_counter() - start) / 200_000
+    settings = TimingSettings(threads=1, min_time_s=1.0, time_budget_s=1.5)
+
+    class Slowed(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module, kind: str, extra_s: float) -> None:
+            super().__init__()
+            self.inner, self.kind, self.extra_s = inner, kind, extra_s
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.inner(x)
+            if self.kind == "work":
+                python_work(int(self.extra_s / loop_s))
+            elif self.kind == "sleep":
+                time.sleep(self.extra_s * 0.8)  # a sleep overshoots by about a fifth here
+            else:
+                pool.submit(python_work, int(self.extra_s / loop_s)).result()
+            return out
+
+    def typical(model: object, x: object) -> TimingStats:
+        taken = [time_forward(model, (x,), settings=settings) for _ in range(measurements)]
+        return sorted(taken, key=lambda m: m.median_ms)[len(taken) // 2]
+
+    print(
+        "\nown slowdown of a +25% forward, by the probe's first run (version 1) / its settled run"
+        " (version 2); latency change"
+    )
+    print(f"\n{'model':<12} {'work':>22} {'sleep':>22} {'worker thread':>22}")
+    # time_forward runs the model under inference_mode itself: the inputs are made outside it.
+    for name, (model, x) in noise_models().items():
+        base = typical(model, x)
+        cells = []
+        for kind in ("work", "sleep", "thread"):
+            slowed = typical(Slowed(model, kind, base.median_ms * 0.25 / 1e3), x)
+            first = (slowed.relative_low or 0.0) / (base.relative or 1.0)
+            settled = (slowed.relative_settled or 0.0) / (base.relative_settled or 1.0)
+            latency = slowed.median_ms / base.median_ms
+            cells.append(f"{first:.2f} / {settled:.2f}; {latency:.2f}")
+        print(f"{name:<12} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--part", type=int, choices=(1, 2, 3), help="only this part")
     args = parser.parse_args()
-    decomposition()
-    sleep_caught(args.runs)
+    if args.part in (None, 1):
+        decomposition()
+    if args.part in (None, 2):
+        sleep_caught(args.runs)
+    if args.part in (None, 3):
+        probe_runs()
 
 
 if __name__ == "__main__":
